@@ -1,0 +1,513 @@
+//! Single-flight blob fills.
+//!
+//! The first request for an uncached digest becomes the leader: it starts a
+//! detached fill task that walks the upstreams, writes the body to a temp file
+//! in the store while hashing it, verifies the digest and commits. Every
+//! request for the same digest (from any repository or registry) joins the
+//! fill and tails the temp file up to the written offset, so N clients cost
+//! one upstream download and all stream at upstream speed.
+//!
+//! Contracts:
+//! - The fill task does not depend on any client: a client that goes away
+//!   does not cancel it.
+//! - A fill ends `Complete` or `Failed`; if the task dies without saying so,
+//!   its watch sender drops and every reader treats that as failure, so no
+//!   follower can hang.
+//! - Readers never send the last byte of a blob before the fill is verified
+//!   complete, so no client receives a complete-looking wrong blob.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::store::{Kind, Store};
+use crate::digest::{Digest, Hasher};
+use crate::metrics::Metrics;
+use crate::upstream::{FetchError, Upstreams};
+
+/// Bytes handed to a client per read; bounds per-client memory.
+pub const READ_CHUNK: usize = 256 << 10;
+/// The fill publishes progress at least this often while bytes arrive ...
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(2);
+/// ... or whenever this much is buffered.
+const PUBLISH_BYTES: usize = 256 << 10;
+
+#[derive(Clone, Debug)]
+pub enum Phase {
+    /// Walking the upstreams; no status known yet.
+    Connecting,
+    /// Bytes are arriving into `file`; `total` if the upstream said.
+    Streaming { total: Option<u64>, file: Arc<File> },
+    /// Verified. `file` holds the whole blob (committed or not).
+    Complete { size: u64, file: Arc<File> },
+    Failed(FetchError),
+}
+
+#[derive(Clone, Debug)]
+pub struct FillState {
+    /// Bytes written to `file` so far (readable with `pread`).
+    pub written: u64,
+    pub phase: Phase,
+}
+
+pub struct Fill {
+    pub digest: Digest,
+    state: watch::Receiver<FillState>,
+}
+
+/// The in-flight fills, by digest.
+#[derive(Default)]
+pub struct Fills {
+    map: Mutex<HashMap<Digest, Arc<Fill>>>,
+}
+
+/// What a fill needs from the daemon.
+#[derive(Clone)]
+pub struct FillContext {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub fills: Arc<Fills>,
+}
+
+impl Fills {
+    /// Joins the fill for `digest`, or starts one fetching from `upstreams`
+    /// under repository `repo`. Returns the fill and whether this call started it.
+    pub fn join_or_start(
+        &self,
+        ctx: &FillContext,
+        upstreams: Arc<Upstreams>,
+        repo: &str,
+        digest: Digest,
+    ) -> (Arc<Fill>, bool) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get(&digest) {
+            return (f.clone(), false);
+        }
+        let (tx, rx) = watch::channel(FillState {
+            written: 0,
+            phase: Phase::Connecting,
+        });
+        let fill = Arc::new(Fill { digest, state: rx });
+        map.insert(digest, fill.clone());
+        drop(map);
+        let ctx = ctx.clone();
+        let repo = repo.to_string();
+        let me = fill.clone();
+        ctx.metrics.inflight_fetches.inc();
+        tokio::spawn(async move {
+            let res = run(&ctx, &upstreams, &repo, digest, &tx).await;
+            if let Err(e) = res {
+                tracing::warn!(digest = %digest, registry = %upstreams.host, repository = %repo, error = %e, "blob fill failed");
+                tx.send_modify(|s| s.phase = Phase::Failed(e));
+            }
+            ctx.fills.finish(&me);
+            ctx.metrics.inflight_fetches.dec();
+        });
+        (fill, true)
+    }
+
+    fn finish(&self, fill: &Arc<Fill>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            map.remove(&fill.digest);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The fill for `digest`, if one is running.
+    pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
+        self.map.lock().ok()?.get(digest).cloned()
+    }
+}
+
+/// The size a running fill already knows, for HEAD requests.
+impl Fill {
+    pub fn known_size(&self) -> Option<u64> {
+        match &self.state.borrow().phase {
+            Phase::Streaming { total, .. } => *total,
+            Phase::Complete { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+
+    /// Waits until the upstream answered: `Ok(total)` once bytes flow (or the
+    /// fill is already complete), the walk's error otherwise.
+    pub async fn started(&self) -> Result<Option<u64>, FetchError> {
+        let mut rx = self.state.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                match &s.phase {
+                    Phase::Connecting => {}
+                    Phase::Streaming { total, .. } => return Ok(*total),
+                    Phase::Complete { size, .. } => return Ok(Some(*size)),
+                    Phase::Failed(e) => return Err(e.clone()),
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(died());
+            }
+        }
+    }
+
+    /// Waits for the end of the fill: the verified size, or the failure.
+    pub async fn finished(&self) -> Result<u64, FetchError> {
+        let mut rx = self.state.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                match &s.phase {
+                    Phase::Complete { size, .. } => return Ok(*size),
+                    Phase::Failed(e) => return Err(e.clone()),
+                    _ => {}
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(died());
+            }
+        }
+    }
+
+    /// Streams bytes `start..end` (`end` = `None`: to the end of the blob) to
+    /// `out` as they land. Holds back the blob's last byte until the fill is
+    /// verified; sends an error (so the client's transfer is aborted) if the
+    /// fill fails. Returns when done, failed, or the client went away.
+    pub async fn stream(&self, start: u64, end: Option<u64>, out: mpsc::Sender<io::Result<Bytes>>) {
+        let mut rx = self.state.clone();
+        let mut pos = start;
+        loop {
+            let view = {
+                let s = rx.borrow_and_update();
+                match &s.phase {
+                    Phase::Connecting => Ok((None, 0, None)),
+                    // Hold back one byte until verified.
+                    Phase::Streaming { total, file } => Ok((Some(file.clone()), s.written.saturating_sub(1), *total)),
+                    Phase::Complete { size, file } => Ok((Some(file.clone()), *size, Some(*size))),
+                    Phase::Failed(e) => Err(e.to_string()),
+                }
+            };
+            let (file, limit, total) = match view {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = out.send(Err(io::Error::other(e))).await;
+                    return;
+                }
+            };
+            let end = match (end, total) {
+                (Some(e), _) => Some(e),
+                (None, t) => t,
+            };
+            if end.is_some_and(|e| pos >= e) {
+                return;
+            }
+            let stop = end.map_or(limit, |e| e.min(limit));
+            if let (Some(file), true) = (file, pos < stop) {
+                let len = ((stop - pos) as usize).min(READ_CHUNK);
+                match read_at(file, pos, len).await {
+                    Ok(b) if !b.is_empty() => {
+                        pos += b.len() as u64;
+                        if out.send(Ok(b)).await.is_err() {
+                            return; // the client went away; the fill goes on
+                        }
+                    }
+                    Ok(_) => {
+                        let _ = out.send(Err(io::Error::other("cache file shorter than written"))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = out.send(Err(e)).await;
+                        return;
+                    }
+                }
+                continue;
+            }
+            if rx.changed().await.is_err() {
+                let _ = out.send(Err(io::Error::other(died().to_string()))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Streams bytes `start..end` of a complete (cached) file to `out`.
+pub async fn stream_file(file: Arc<File>, start: u64, end: u64, out: mpsc::Sender<io::Result<Bytes>>) {
+    let mut pos = start;
+    while pos < end {
+        let len = ((end - pos) as usize).min(READ_CHUNK);
+        match read_at(file.clone(), pos, len).await {
+            Ok(b) if !b.is_empty() => {
+                pos += b.len() as u64;
+                if out.send(Ok(b)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {
+                let _ = out.send(Err(io::Error::other("cached file is shorter than expected"))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+fn died() -> FetchError {
+    FetchError::Unavailable("the fetch ended unexpectedly".into())
+}
+
+/// `pread` on the blocking pool.
+pub async fn read_at(file: Arc<File>, pos: u64, len: usize) -> io::Result<Bytes> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = BytesMut::zeroed(len);
+        let mut got = 0;
+        while got < len {
+            match file.read_at(&mut buf[got..], pos + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf.freeze())
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+/// The temp file being filled, with its running hash. Moved in and out of
+/// the blocking pool for each batch.
+struct Sink {
+    path: PathBuf,
+    file: File,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Unless committed (which renames it away), a temp file never outlives its fill.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The fill task: find the blob upstream, stream it into a temp file,
+/// resuming from the next upstream with `Range` if a body breaks, then
+/// verify and commit.
+async fn run(
+    ctx: &FillContext,
+    upstreams: &Upstreams,
+    repo: &str,
+    digest: Digest,
+    tx: &watch::Sender<FillState>,
+) -> Result<(), FetchError> {
+    // Another fill may have committed this digest between the caller's store
+    // lookup and our registration.
+    let store = ctx.store.clone();
+    if let Ok(Ok(Some((f, size)))) = tokio::task::spawn_blocking(move || store.open_blob(&digest)).await {
+        tx.send_modify(|s| {
+            s.written = size;
+            s.phase = Phase::Complete {
+                size,
+                file: Arc::new(f),
+            }
+        });
+        return Ok(());
+    }
+
+    let mut br = upstreams.get_blob(repo, &digest, 0, 0).await?;
+    let total = br.total;
+
+    let store = ctx.store.clone();
+    let (path, file) = tokio::task::spawn_blocking(move || store.create_temp())
+        .await
+        .map_err(|e| FetchError::Unavailable(format!("temp file: {e}")))?
+        .map_err(|e| FetchError::Unavailable(format!("cannot create a cache file: {e}")))?;
+    let reader = file
+        .try_clone()
+        .map_err(|e| FetchError::Unavailable(format!("cannot reopen the cache file: {e}")))?;
+    let reader = Arc::new(reader);
+    let mut sink = Sink {
+        path,
+        file,
+        hasher: Hasher::new(),
+        written: 0,
+    };
+    tx.send_modify(|s| {
+        s.phase = Phase::Streaming {
+            total,
+            file: reader.clone(),
+        }
+    });
+
+    let stall = br.upstream.timeouts.stall;
+    let mut resumes = 0;
+    let mut upstream_bytes = ctx
+        .metrics
+        .upstream_bytes
+        .with_label_values(&[&upstreams.host, &br.upstream.url]);
+    let mut batch = BytesMut::new();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let next = tokio::select! {
+            biased;
+            r = tokio::time::timeout(stall, br.resp.chunk()) => Some(r),
+            _ = sleep_until_opt(deadline), if deadline.is_some() => None,
+        };
+        let outcome: Result<Option<Bytes>, String> = match next {
+            None => {
+                sink = write_batch(sink, &mut batch, tx).await?;
+                deadline = None;
+                continue;
+            }
+            Some(Ok(Ok(Some(c)))) => Ok(Some(c)),
+            Some(Ok(Ok(None))) => {
+                let received = sink.written + batch.len() as u64;
+                match total {
+                    Some(t) if received < t => Err(format!("body ended at {received} of {t} bytes")),
+                    _ => Ok(None),
+                }
+            }
+            Some(Ok(Err(e))) => Err(format!("body broke: {e}")),
+            Some(Err(_)) => Err(format!("no bytes for {stall:?}")),
+        };
+        let mut chunk = match outcome {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(why) => {
+                // The digest pins the bytes, so any upstream's copy continues
+                // this one: keep what arrived and ask the next upstream
+                // (wrapping around to this one last) for the rest.
+                resumes += 1;
+                if resumes > upstreams.len() + 1 {
+                    return Err(FetchError::Unavailable(format!(
+                        "{}: {why}; gave up after {} resumes",
+                        br.upstream.url,
+                        resumes - 1
+                    )));
+                }
+                sink = write_batch(sink, &mut batch, tx).await?;
+                deadline = None;
+                let offset = sink.written;
+                tracing::info!(digest = %digest, upstream = %br.upstream.url, error = %why, offset,
+                    "blob body broke; resuming");
+                let next = upstreams
+                    .get_blob(repo, &digest, offset, (br.index + 1) % upstreams.len())
+                    .await?;
+                if let (Some(a), Some(b)) = (total, next.total) {
+                    if a != b {
+                        return Err(FetchError::Integrity(format!(
+                            "{} says the blob has {b} bytes, {} said {a}",
+                            next.upstream.url, br.upstream.url
+                        )));
+                    }
+                }
+                br = next;
+                upstream_bytes = ctx
+                    .metrics
+                    .upstream_bytes
+                    .with_label_values(&[&upstreams.host, &br.upstream.url]);
+                continue;
+            }
+        };
+        upstream_bytes.inc_by(chunk.len() as u64);
+        if br.skip > 0 {
+            // The upstream ignored Range and started from byte 0.
+            let n = (br.skip as usize).min(chunk.len());
+            br.skip -= n as u64;
+            chunk = chunk.slice(n..);
+        }
+        batch.extend_from_slice(&chunk);
+        let received = sink.written + batch.len() as u64;
+        if let Some(t) = total.filter(|t| received > *t) {
+            ctx.metrics.integrity_failures.inc();
+            return Err(FetchError::Integrity(format!(
+                "{}: body longer than its {t} bytes",
+                br.upstream.url
+            )));
+        }
+        if batch.len() >= PUBLISH_BYTES {
+            sink = write_batch(sink, &mut batch, tx).await?;
+            deadline = None;
+        } else if deadline.is_none() {
+            deadline = Some(Instant::now() + PUBLISH_INTERVAL);
+        }
+    }
+    sink = write_batch(sink, &mut batch, tx).await?;
+
+    let actual = sink.hasher.clone().finish();
+    if actual != digest {
+        ctx.metrics.integrity_failures.inc();
+        return Err(FetchError::Integrity(format!(
+            "{}: digest mismatch: expected {digest}, got {actual}",
+            br.upstream.url
+        )));
+    }
+    let size = sink.written;
+    let store = ctx.store.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        let r = store.commit(Kind::Blob, &sink.path, &sink.file, &digest, size);
+        // Committed or not, the temp name is gone or must go: Sink's Drop
+        // removes it if the rename did not happen.
+        drop(sink);
+        r
+    })
+    .await;
+    match committed {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(digest = %digest, error = %e, "commit failed: blob served but not cached"),
+        Err(e) => tracing::warn!(digest = %digest, error = %e, "commit task failed"),
+    }
+    tx.send_modify(|s| {
+        s.written = size;
+        s.phase = Phase::Complete { size, file: reader };
+    });
+    Ok(())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes and hashes a batch on the blocking pool, then publishes progress.
+async fn write_batch(mut sink: Sink, batch: &mut BytesMut, tx: &watch::Sender<FillState>) -> Result<Sink, FetchError> {
+    if batch.is_empty() {
+        return Ok(sink);
+    }
+    let data = batch.split().freeze();
+    let (sink, res) = tokio::task::spawn_blocking(move || {
+        let res = sink.file.write_all(&data);
+        if res.is_ok() {
+            sink.hasher.update(&data);
+            sink.written += data.len() as u64;
+        }
+        (sink, res)
+    })
+    .await
+    .map_err(|e| FetchError::Unavailable(format!("write task: {e}")))?;
+    res.map_err(|e| FetchError::Unavailable(format!("writing the cache file: {e}")))?;
+    let written = sink.written;
+    tx.send_modify(|s| s.written = written);
+    Ok(sink)
+}
+

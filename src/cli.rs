@@ -1,0 +1,357 @@
+//! Command line: `tender serve`, `tender containerd-hosts`, `tender fsck`.
+//! Usage and config errors exit 64 (EX_USAGE) before anything listens.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{valid_registry_host, Config};
+
+const USAGE: &str = "\
+tender: node-local pull-through cache for container images
+
+usage:
+  tender serve [--config FILE]
+      Serve the OCI pull API. Without --config, an embedded default is used
+      (listen 127.0.0.1:5050; docker.io, registry.k8s.io, gcr.io, quay.io,
+      ghcr.io from their origins; cache in the per-user cache directory).
+  tender containerd-hosts --mirror URL --dir DIR [--registry HOST ...] [--config FILE]
+      Write DIR/<registry>/hosts.toml for each registry (default: every
+      configured one) so that containerd pulls through tender at URL and falls
+      back to the origin. Existing files are backed up, never overwritten.
+  tender fsck [--cache-dir DIR] [--config FILE]
+      Re-hash every cached object; remove and report the bad ones. Exits 1 if
+      any was bad.
+  tender print-default-config
+  tender --version
+
+Logging: TENDER_LOG sets the level filter (e.g. info, debug, tender=debug).
+";
+
+pub const EX_USAGE: i32 = 64;
+
+pub fn main() -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    init_tracing();
+    match run(&args) {
+        Ok(code) => code,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("tender: {msg}\n\n{USAGE}");
+            EX_USAGE
+        }
+        Err(CliError::Config(msg)) => {
+            eprintln!("tender: {msg}");
+            EX_USAGE
+        }
+        Err(CliError::Failed(msg)) => {
+            eprintln!("tender: {msg}");
+            1
+        }
+    }
+}
+
+enum CliError {
+    Usage(String),
+    Config(String),
+    Failed(String),
+}
+
+fn init_tracing() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = std::env::var("TENDER_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| "info".parse().expect("valid default filter"));
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
+        .with(filter)
+        .try_init();
+}
+
+/// Minimal flag parsing: `--flag value` or `--flag=value`, repeatable.
+struct Flags {
+    pairs: Vec<(String, String)>,
+}
+
+impl Flags {
+    fn parse(args: &[String], known: &[&str]) -> Result<Flags, CliError> {
+        let mut pairs = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let Some(flag) = a.strip_prefix("--") else {
+                return Err(CliError::Usage(format!("unexpected argument {a:?}")));
+            };
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n.to_string(), v.to_string()),
+                None => {
+                    let v = it
+                        .next()
+                        .ok_or_else(|| CliError::Usage(format!("--{flag} needs a value")))?;
+                    (flag.to_string(), v.clone())
+                }
+            };
+            if !known.contains(&name.as_str()) {
+                return Err(CliError::Usage(format!("unknown flag --{name}")));
+            }
+            pairs.push((name, value));
+        }
+        Ok(Flags { pairs })
+    }
+
+    fn one<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, CliError> {
+        let mut vals = self.all(name);
+        let first = vals.next();
+        if vals.next().is_some() {
+            return Err(CliError::Usage(format!("--{name} given more than once")));
+        }
+        Ok(first)
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn run(args: &[String]) -> Result<i32, CliError> {
+    let Some(cmd) = args.first() else {
+        return Err(CliError::Usage("a command is required".into()));
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "serve" => {
+            let flags = Flags::parse(rest, &["config"])?;
+            let config = load_config(flags.one("config")?)?;
+            serve(config)
+        }
+        "containerd-hosts" => {
+            let flags = Flags::parse(rest, &["mirror", "dir", "registry", "config"])?;
+            containerd_hosts(&flags)
+        }
+        "fsck" => {
+            let flags = Flags::parse(rest, &["cache-dir", "config"])?;
+            let dir = match flags.one("cache-dir")? {
+                Some(d) => PathBuf::from(d),
+                None => load_config(flags.one("config")?)?.cache_dir,
+            };
+            fsck(&dir)
+        }
+        "print-default-config" => {
+            print!("{}", crate::config::DEFAULT_CONFIG);
+            Ok(0)
+        }
+        "--version" | "version" => {
+            println!("tender {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        "--help" | "-h" | "help" => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        other => Err(CliError::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn load_config(path: Option<&str>) -> Result<Config, CliError> {
+    Config::load(path.map(Path::new)).map_err(|e| CliError::Config(e.to_string()))
+}
+
+fn serve(config: Config) -> Result<i32, CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("runtime: {e}")))?;
+    rt.block_on(async move {
+        let running = crate::server::start(config).await.map_err(CliError::Failed)?;
+        let app = running.app.clone();
+        tracing::info!(
+            cache_dir = %app.config.cache_dir.display(),
+            cache_max_size = app.config.cache_max_size,
+            registries = app.config.registries.len(),
+            "serving"
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining in-flight requests");
+        running.shutdown().await;
+        Ok(0)
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The origin containerd should fall back to when tender is down.
+fn origin_for(host: &str) -> String {
+    match host {
+        "docker.io" => "https://registry-1.docker.io".to_string(),
+        h => format!("https://{h}"),
+    }
+}
+
+fn containerd_hosts(flags: &Flags) -> Result<i32, CliError> {
+    let mirror = flags
+        .one("mirror")?
+        .ok_or_else(|| CliError::Usage("--mirror URL is required".into()))?;
+    let dir = flags
+        .one("dir")?
+        .ok_or_else(|| CliError::Usage("--dir DIR is required".into()))?;
+    match reqwest::Url::parse(mirror) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+        _ => {
+            return Err(CliError::Usage(format!(
+                "--mirror {mirror:?} must be an http:// or https:// URL"
+            )))
+        }
+    }
+    let mirror = mirror.trim_end_matches('/');
+    let mut hosts: Vec<String> = flags.all("registry").map(|h| h.to_ascii_lowercase()).collect();
+    if hosts.is_empty() {
+        let config = load_config(flags.one("config")?)?;
+        hosts = config.registries.iter().map(|r| r.host.clone()).collect();
+    }
+    for h in &hosts {
+        if !valid_registry_host(h) {
+            return Err(CliError::Usage(format!("--registry {h:?} is not a registry host")));
+        }
+    }
+    for h in &hosts {
+        let path = Path::new(dir).join(h).join("hosts.toml");
+        let text = hosts_toml(h, mirror);
+        match write_with_backup(&path, &text) {
+            Ok(Written::Unchanged) => println!("{}: unchanged", path.display()),
+            Ok(Written::New) => println!("{}: written", path.display()),
+            Ok(Written::Replaced(b)) => println!("{}: written (previous saved as {})", path.display(), b.display()),
+            Err(e) => return Err(CliError::Failed(format!("{}: {e}", path.display()))),
+        }
+    }
+    Ok(0)
+}
+
+pub fn hosts_toml(host: &str, mirror: &str) -> String {
+    format!(
+        "# Written by `tender containerd-hosts`: pull {host} through the node-local tender\n\
+         # mirror; containerd falls back to the origin (server) if tender cannot answer.\n\
+         server = \"{origin}\"\n\
+         \n\
+         [host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+        origin = origin_for(host)
+    )
+}
+
+enum Written {
+    Unchanged,
+    New,
+    Replaced(PathBuf),
+}
+
+/// Writes `text` to `path` atomically; an existing different file is first
+/// kept as `<name>.tender-bak` (or `.tender-bak.N` if that is taken).
+fn write_with_backup(path: &Path, text: &str) -> std::io::Result<Written> {
+    let dir = path.parent().expect("hosts path has a parent");
+    std::fs::create_dir_all(dir)?;
+    let mut backup = None;
+    match std::fs::read(path) {
+        Ok(old) if old == text.as_bytes() => return Ok(Written::Unchanged),
+        Ok(_) => {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("hosts.toml");
+            let mut b = dir.join(format!("{name}.tender-bak"));
+            let mut n = 1;
+            while b.exists() {
+                b = dir.join(format!("{name}.tender-bak.{n}"));
+                n += 1;
+            }
+            std::fs::copy(path, &b)?;
+            backup = Some(b);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let tmp = dir.join(".hosts.toml.tender-tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(match backup {
+        Some(b) => Written::Replaced(b),
+        None => Written::New,
+    })
+}
+
+fn fsck(dir: &Path) -> Result<i32, CliError> {
+    use crate::cache::store::{split_manifest_file, Kind, Store};
+    use crate::digest::Hasher;
+    use std::io::Read;
+    if !dir.join("blobs").is_dir() && !dir.join("manifests").is_dir() {
+        return Err(CliError::Failed(format!("{} is not a tender cache directory", dir.display())));
+    }
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let store = Store::open(dir, u64::MAX, metrics).map_err(|e| CliError::Failed(e.to_string()))?;
+    let objects = store.list().map_err(|e| CliError::Failed(e.to_string()))?;
+    let (mut ok, mut bad) = (0usize, 0usize);
+    for (kind, d, path) in objects {
+        let verdict = (|| -> std::io::Result<Result<(), String>> {
+            let mut f = std::fs::File::open(&path)?;
+            match kind {
+                Kind::Blob => {
+                    let mut h = Hasher::new();
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = f.read(&mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        h.update(&buf[..n]);
+                    }
+                    let actual = h.finish();
+                    Ok(if actual == d { Ok(()) } else { Err(format!("content hashes to {actual}")) })
+                }
+                Kind::Manifest => {
+                    let mut buf = Vec::new();
+                    f.read_to_end(&mut buf)?;
+                    Ok(match split_manifest_file(&buf) {
+                        None => Err("missing media type line".into()),
+                        Some((_, body)) => {
+                            let actual = crate::digest::Digest::of(body);
+                            if actual == d {
+                                Ok(())
+                            } else {
+                                Err(format!("content hashes to {actual}"))
+                            }
+                        }
+                    })
+                }
+            }
+        })();
+        let verdict = verdict.unwrap_or_else(|e| Err(format!("unreadable: {e}")));
+        match verdict {
+            Ok(()) => ok += 1,
+            Err(why) => {
+                bad += 1;
+                println!("BAD {} {d}: {why}; removed", kind_name(kind));
+                if let Err(e) = store.remove(kind, &d) {
+                    eprintln!("tender: could not remove {}: {e}", path.display());
+                }
+            }
+        }
+    }
+    println!("fsck: {ok} ok, {bad} bad");
+    Ok(if bad > 0 { 1 } else { 0 })
+}
+
+fn kind_name(k: crate::cache::store::Kind) -> &'static str {
+    match k {
+        crate::cache::store::Kind::Blob => "blob",
+        crate::cache::store::Kind::Manifest => "manifest",
+    }
+}

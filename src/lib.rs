@@ -1,0 +1,10 @@
+//! tender: a node-local pull-through cache for OCI images.
+
+pub mod api;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod digest;
+pub mod metrics;
+pub mod server;
+pub mod upstream;

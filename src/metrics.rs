@@ -1,0 +1,118 @@
+//! Prometheus metrics. [`Metrics`] owns its registry so that every daemon (and
+//! every in-process test daemon) has its own counters.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// `kind` = manifest|blob|tags, `result` = hit|miss|coalesced|error.
+    pub requests: IntCounterVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_bytes: IntCounterVec,
+    pub upstream_latency: HistogramVec,
+    /// `source` = cache|upstream.
+    pub bytes_served: IntCounterVec,
+    pub cache_size: IntGauge,
+    pub cache_entries: IntGauge,
+    pub evictions: IntCounter,
+    pub inflight_fetches: IntGauge,
+    pub stale_served: IntCounter,
+    pub integrity_failures: IntCounter,
+    pub passthrough: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let requests = counter_vec(
+            "tender_requests_total",
+            "Client requests by kind and cache result.",
+            &["kind", "result"],
+        );
+        let upstream_requests = counter_vec(
+            "tender_upstream_requests_total",
+            "Requests sent to upstreams, by response status (or error class).",
+            &["registry", "upstream", "status"],
+        );
+        let upstream_bytes = counter_vec(
+            "tender_upstream_bytes_total",
+            "Body bytes received from upstreams.",
+            &["registry", "upstream"],
+        );
+        let bytes_served = counter_vec(
+            "tender_bytes_served_total",
+            "Body bytes sent to clients, by where they came from.",
+            &["source"],
+        );
+        let passthrough = counter_vec(
+            "tender_passthrough_total",
+            "Fetches streamed without being cached, by reason.",
+            &["reason"],
+        );
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tender_upstream_response_seconds",
+                "Time from sending an upstream request to its response headers.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["registry", "upstream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_latency.clone()))
+            .expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        Metrics {
+            requests,
+            upstream_requests,
+            upstream_bytes,
+            upstream_latency,
+            bytes_served,
+            passthrough,
+            cache_size: gauge("tender_cache_size_bytes", "Bytes of verified content in the cache."),
+            cache_entries: gauge("tender_cache_entries", "Objects (blobs and manifests) in the cache."),
+            evictions: counter("tender_cache_evictions_total", "Objects evicted by the LRU."),
+            inflight_fetches: gauge("tender_inflight_fetches", "Upstream blob fetches under way."),
+            stale_served: counter(
+                "tender_stale_tags_served_total",
+                "Tag resolutions answered from a stale entry because every upstream failed.",
+            ),
+            integrity_failures: counter(
+                "tender_integrity_failures_total",
+                "Upstream bodies rejected for a digest or length mismatch.",
+            ),
+            registry,
+        }
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,93 @@
+//! Runs the real `tender` binary as a child process for end-to-end tests.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::realparts::{free_port, http_get, wait_until};
+
+pub struct TenderProcess {
+    child: Child,
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl TenderProcess {
+    /// Starts `tender serve` with `registries_toml` appended to a config that
+    /// listens on a free port and caches under `dir/cache`.
+    pub fn start(dir: &Path, registries_toml: &str, extra: &str) -> TenderProcess {
+        let port = free_port();
+        fs::create_dir_all(dir).unwrap();
+        let config_path = dir.join("tender.toml");
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ncache_dir = \"{}\"\n{extra}\n{registries_toml}",
+            dir.join("cache").display()
+        );
+        fs::write(&config_path, config).unwrap();
+        TenderProcess::start_with_config(dir, &config_path, port)
+    }
+
+    pub fn start_with_config(dir: &Path, config_path: &Path, port: u16) -> TenderProcess {
+        let log_path = dir.join(format!("tender-{port}.log"));
+        let log = fs::File::create(&log_path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tender"))
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .env("TENDER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tender");
+        let t = TenderProcess {
+            child,
+            port,
+            config_path: config_path.to_path_buf(),
+            log_path,
+        };
+        let url = t.url("/v2/");
+        let up = wait_until(Duration::from_secs(20), || http_get(&url).map(|r| r.status == 200).unwrap_or(false));
+        assert!(up, "tender did not come up:\n{}", t.log());
+        t
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        String::from_utf8(http_get(&self.url("/metrics")).unwrap().body).unwrap()
+    }
+
+    /// The value of one sample line, e.g. `tender_requests_total{kind="blob",result="hit"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics(), sample)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+impl Drop for TenderProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
