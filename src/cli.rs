@@ -62,7 +62,11 @@ fn init_tracing() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| "info".parse().expect("valid default filter"));
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
         .with(filter)
         .try_init();
 }
@@ -163,7 +167,9 @@ fn serve(config: Config) -> Result<i32, CliError> {
         .build()
         .map_err(|e| CliError::Failed(format!("runtime: {e}")))?;
     rt.block_on(async move {
-        let running = crate::server::start(config).await.map_err(CliError::Failed)?;
+        let running = crate::server::start(config)
+            .await
+            .map_err(CliError::Failed)?;
         let app = running.app.clone();
         tracing::info!(
             cache_dir = %app.config.cache_dir.display(),
@@ -217,14 +223,19 @@ fn containerd_hosts(flags: &Flags) -> Result<i32, CliError> {
         }
     }
     let mirror = mirror.trim_end_matches('/');
-    let mut hosts: Vec<String> = flags.all("registry").map(|h| h.to_ascii_lowercase()).collect();
+    let mut hosts: Vec<String> = flags
+        .all("registry")
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
     if hosts.is_empty() {
         let config = load_config(flags.one("config")?)?;
         hosts = config.registries.iter().map(|r| r.host.clone()).collect();
     }
     for h in &hosts {
         if !valid_registry_host(h) {
-            return Err(CliError::Usage(format!("--registry {h:?} is not a registry host")));
+            return Err(CliError::Usage(format!(
+                "--registry {h:?} is not a registry host"
+            )));
         }
     }
     for h in &hosts {
@@ -233,7 +244,11 @@ fn containerd_hosts(flags: &Flags) -> Result<i32, CliError> {
         match write_with_backup(&path, &text) {
             Ok(Written::Unchanged) => println!("{}: unchanged", path.display()),
             Ok(Written::New) => println!("{}: written", path.display()),
-            Ok(Written::Replaced(b)) => println!("{}: written (previous saved as {})", path.display(), b.display()),
+            Ok(Written::Replaced(b)) => println!(
+                "{}: written (previous saved as {})",
+                path.display(),
+                b.display()
+            ),
             Err(e) => return Err(CliError::Failed(format!("{}: {e}", path.display()))),
         }
     }
@@ -266,7 +281,10 @@ fn write_with_backup(path: &Path, text: &str) -> std::io::Result<Written> {
     match std::fs::read(path) {
         Ok(old) if old == text.as_bytes() => return Ok(Written::Unchanged),
         Ok(_) => {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("hosts.toml");
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("hosts.toml");
             let mut b = dir.join(format!("{name}.tender-bak"));
             let mut n = 1;
             while b.exists() {
@@ -293,7 +311,10 @@ fn fsck(dir: &Path) -> Result<i32, CliError> {
     use crate::digest::Hasher;
     use std::io::Read;
     if !dir.join("blobs").is_dir() && !dir.join("manifests").is_dir() {
-        return Err(CliError::Failed(format!("{} is not a tender cache directory", dir.display())));
+        return Err(CliError::Failed(format!(
+            "{} is not a tender cache directory",
+            dir.display()
+        )));
     }
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let store = Store::open(dir, u64::MAX, metrics).map_err(|e| CliError::Failed(e.to_string()))?;
@@ -314,7 +335,11 @@ fn fsck(dir: &Path) -> Result<i32, CliError> {
                         h.update(&buf[..n]);
                     }
                     let actual = h.finish();
-                    Ok(if actual == d { Ok(()) } else { Err(format!("content hashes to {actual}")) })
+                    Ok(if actual == d {
+                        Ok(())
+                    } else {
+                        Err(format!("content hashes to {actual}"))
+                    })
                 }
                 Kind::Manifest => {
                     let mut buf = Vec::new();

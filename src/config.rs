@@ -57,9 +57,18 @@ pub struct Upstream {
 
 #[derive(Debug)]
 pub enum ConfigError {
-    Read { path: PathBuf, source: std::io::Error },
-    Parse { origin: String, message: String },
-    Invalid { origin: String, problems: Vec<String> },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Parse {
+        origin: String,
+        message: String,
+    },
+    Invalid {
+        origin: String,
+        problems: Vec<String>,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -167,7 +176,10 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     };
     let listen = addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:5050"))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5050)));
-    let metrics_listen = raw.metrics_listen.as_deref().and_then(|v| addr("metrics_listen", v));
+    let metrics_listen = raw
+        .metrics_listen
+        .as_deref()
+        .and_then(|v| addr("metrics_listen", v));
 
     let cache_dir = match raw.cache_dir {
         Some(d) if d.trim().is_empty() => {
@@ -236,7 +248,9 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             defaults.push(host.clone());
         }
         if r.upstream.is_empty() {
-            problems.push(format!("{key}.upstream: {host:?} needs at least one [[registry.upstream]]"));
+            problems.push(format!(
+                "{key}.upstream: {host:?} needs at least one [[registry.upstream]]"
+            ));
         }
         let mut upstreams = Vec::new();
         for (j, u) in r.upstream.into_iter().enumerate() {
@@ -298,11 +312,16 @@ fn validate_upstream(key: &str, u: RawUpstream, problems: &mut Vec<String>) -> U
     if let Some(p) = &u.proxy {
         match reqwest::Url::parse(p) {
             Ok(pu) if matches!(pu.scheme(), "http" | "https" | "socks5") => {}
-            Ok(_) => problems.push(format!("{key}.proxy: {p:?} must be an http:// or https:// URL")),
+            Ok(_) => problems.push(format!(
+                "{key}.proxy: {p:?} must be an http:// or https:// URL"
+            )),
             Err(e) => problems.push(format!("{key}.proxy: {p:?} is not a URL: {e}")),
         }
     }
-    for (name, file) in [("ca_file", &u.ca_file), ("credentials_file", &u.credentials_file)] {
+    for (name, file) in [
+        ("ca_file", &u.ca_file),
+        ("credentials_file", &u.credentials_file),
+    ] {
         if let Some(f) = file {
             if !Path::new(f).is_file() {
                 problems.push(format!("{key}.{name}: {f:?} is not a readable file"));
@@ -360,18 +379,21 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" | "ki" => 1 << 10,
-        "m" | "mb" => 1000_000,
-        "mib" | "mi" => 1 << 20,
-        "g" | "gb" => 1000_000_000,
-        "gib" | "gi" => 1 << 30,
-        "t" | "tb" => 1000_000_000_000,
-        "tib" | "ti" => 1 << 40,
-        other => return Err(format!("{s:?} has unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
-    };
+    let mult: u64 =
+        match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" | "ki" => 1 << 10,
+            "m" | "mb" => 1000_000,
+            "mib" | "mi" => 1 << 20,
+            "g" | "gb" => 1000_000_000,
+            "gib" | "gi" => 1 << 30,
+            "t" | "tb" => 1000_000_000_000,
+            "tib" | "ti" => 1 << 40,
+            other => return Err(format!(
+                "{s:?} has unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            )),
+        };
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size such as \"512MiB\" or \"20GiB\""))?;
@@ -420,7 +442,16 @@ mod tests {
         let c = Config::load(None).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:5050");
         let hosts: Vec<_> = c.registries.iter().map(|r| r.host.as_str()).collect();
-        assert_eq!(hosts, ["docker.io", "registry.k8s.io", "gcr.io", "quay.io", "ghcr.io"]);
+        assert_eq!(
+            hosts,
+            [
+                "docker.io",
+                "registry.k8s.io",
+                "gcr.io",
+                "quay.io",
+                "ghcr.io"
+            ]
+        );
         assert_eq!(c.default_registry().unwrap().host, "docker.io");
     }
 
@@ -459,7 +490,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = Config::parse("listne = \"127.0.0.1:1\"", "t").unwrap_err().to_string();
+        let err = Config::parse("listne = \"127.0.0.1:1\"", "t")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listne"), "{err}");
     }
 

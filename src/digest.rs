@@ -70,9 +70,11 @@ impl FromStr for Digest {
     fn from_str(s: &str) -> Result<Digest, DigestError> {
         let (alg, enc) = s.split_once(':').ok_or(DigestError::Malformed)?;
         let alg_ok = !alg.is_empty()
-            && alg
-                .split(['+', '.', '_', '-'])
-                .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+            && alg.split(['+', '.', '_', '-']).all(|c| {
+                !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            });
         let enc_ok = !enc.is_empty()
             && enc
                 .bytes()

@@ -29,7 +29,9 @@ impl Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let requests = counter_vec(
@@ -62,7 +64,9 @@ impl Metrics {
                 "tender_upstream_response_seconds",
                 "Time from sending an upstream request to its response headers.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             &["registry", "upstream"],
         )
         .expect("valid metric");
@@ -71,12 +75,16 @@ impl Metrics {
             .expect("unique metric");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         Metrics {
@@ -86,10 +94,22 @@ impl Metrics {
             upstream_latency,
             bytes_served,
             passthrough,
-            cache_size: gauge("tender_cache_size_bytes", "Bytes of verified content in the cache."),
-            cache_entries: gauge("tender_cache_entries", "Objects (blobs and manifests) in the cache."),
-            evictions: counter("tender_cache_evictions_total", "Objects evicted by the LRU."),
-            inflight_fetches: gauge("tender_inflight_fetches", "Upstream blob fetches under way."),
+            cache_size: gauge(
+                "tender_cache_size_bytes",
+                "Bytes of verified content in the cache.",
+            ),
+            cache_entries: gauge(
+                "tender_cache_entries",
+                "Objects (blobs and manifests) in the cache.",
+            ),
+            evictions: counter(
+                "tender_cache_evictions_total",
+                "Objects evicted by the LRU.",
+            ),
+            inflight_fetches: gauge(
+                "tender_inflight_fetches",
+                "Upstream blob fetches under way.",
+            ),
             stale_served: counter(
                 "tender_stale_tags_served_total",
                 "Tag resolutions answered from a stale entry because every upstream failed.",

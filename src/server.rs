@@ -79,7 +79,12 @@ pub async fn start(config: Config) -> Result<Running, String> {
     tokio::task::spawn_blocking(move || {
         let t = std::time::Instant::now();
         match store.rebuild_index() {
-            Ok(n) => tracing::info!(objects = n, bytes = store.total_size(), ms = t.elapsed().as_millis() as u64, "cache indexed"),
+            Ok(n) => tracing::info!(
+                objects = n,
+                bytes = store.total_size(),
+                ms = t.elapsed().as_millis() as u64,
+                "cache indexed"
+            ),
             Err(e) => tracing::error!(error = %e, "cache index rebuild failed"),
         }
     });
@@ -103,7 +108,12 @@ pub async fn start(config: Config) -> Result<Running, String> {
 }
 
 /// Serves until `shutdown` resolves, then drains.
-pub async fn serve(app: Arc<App>, listener: TcpListener, metrics_listener: Option<TcpListener>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = Arc::new(GracefulShutdown::new());
     let flusher = {
         let store = app.store.clone();

@@ -28,16 +28,34 @@ fn docker_io_via(upstream: &str) -> String {
 /// leave the machine and the pull can only succeed through tender.
 fn generate_hosts(dir: &std::path::Path, t: &TenderProcess) {
     let out = Command::new(env!("CARGO_BIN_EXE_tender"))
-        .args(["containerd-hosts", "--mirror", &t.base(), "--registry", "docker.io", "--dir"])
+        .args([
+            "containerd-hosts",
+            "--mirror",
+            &t.base(),
+            "--registry",
+            "docker.io",
+            "--dir",
+        ])
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let path = dir.join("docker.io/hosts.toml");
     let text = fs::read_to_string(&path).unwrap();
-    assert!(text.contains("server = \"https://registry-1.docker.io\""), "{text}");
+    assert!(
+        text.contains("server = \"https://registry-1.docker.io\""),
+        "{text}"
+    );
     assert!(text.contains(&format!("[host.\"{}\"]", t.base())), "{text}");
-    fs::write(&path, text.replace("https://registry-1.docker.io", UNREACHABLE_ORIGIN)).unwrap();
+    fs::write(
+        &path,
+        text.replace("https://registry-1.docker.io", UNREACHABLE_ORIGIN),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -45,7 +63,7 @@ fn containerd_pulls_through_tender_cold_then_warm_then_with_the_upstream_down() 
     require_tools(&["containerd", "ctr", "docker-registry", "skopeo"]);
     let tmp = TempDir::new("tender-e2e");
     let img = make_oci_layout(&tmp.subdir("layout"), "v1", &[3 * MIB, MIB, 200 << 10], 11);
-    let mut reg = Registry::start(&tmp.subdir("registry"));
+    let reg = Registry::start(&tmp.subdir("registry"));
     skopeo_push(&img, &format!("{}/library/e2etest:v1", reg.host()));
     reg.clear_log();
 
@@ -59,10 +77,17 @@ fn containerd_pulls_through_tender_cold_then_warm_then_with_the_upstream_down() 
         .unwrap_or_else(|e| panic!("cold pull failed: {e}\ntender log:\n{}", t.log()));
     let content = c1.content_digests();
     for d in img.all_digests() {
-        assert!(content.contains(&d), "{d} missing from containerd after the cold pull");
+        assert!(
+            content.contains(&d),
+            "{d} missing from containerd after the cold pull"
+        );
     }
     let layers_and_config = img.layer_digests.len() + 1;
-    assert_eq!(reg.blob_gets(), layers_and_config, "cold pull: one upstream GET per blob");
+    assert_eq!(
+        reg.blob_gets(),
+        layers_and_config,
+        "cold pull: one upstream GET per blob"
+    );
     for d in &img.layer_digests {
         assert_eq!(reg.blob_gets_of(d), 1, "{d} fetched more than once");
     }
@@ -73,10 +98,22 @@ fn containerd_pulls_through_tender_cold_then_warm_then_with_the_upstream_down() 
     let c2 = Containerd::start(&tmp.subdir("ctrd2"));
     c2.pull(&hosts, "docker.io/library/e2etest:v1", false)
         .unwrap_or_else(|e| panic!("warm pull failed: {e}\ntender log:\n{}", t.log()));
-    assert_eq!(reg.blob_gets(), 0, "warm pull must not fetch blobs upstream");
-    assert_eq!(reg.requests(), Vec::<(String, String)>::new(), "warm pull must not reach the upstream");
+    assert_eq!(
+        reg.blob_gets(),
+        0,
+        "warm pull must not fetch blobs upstream"
+    );
+    assert_eq!(
+        reg.requests(),
+        Vec::<(String, String)>::new(),
+        "warm pull must not reach the upstream"
+    );
     let hits = t.metric("tender_requests_total{kind=\"blob\",result=\"hit\"}");
-    assert!(hits >= layers_and_config as f64, "blob hits: {hits}\n{}", t.metrics());
+    assert!(
+        hits >= layers_and_config as f64,
+        "blob hits: {hits}\n{}",
+        t.metrics()
+    );
 
     // Upstream down and tender restarted on the same cache: the tag is
     // served from its persisted mapping (stale-if-error), blobs from disk.
@@ -88,8 +125,17 @@ fn containerd_pulls_through_tender_cold_then_warm_then_with_the_upstream_down() 
     let t2 = TenderProcess::start_with_config(&dir, &cfg, port);
     let c3 = Containerd::start(&tmp.subdir("ctrd3"));
     c3.pull(&hosts, "docker.io/library/e2etest:v1", false)
-        .unwrap_or_else(|e| panic!("pull with the upstream down failed: {e}\ntender log:\n{}", t2.log()));
-    assert!(t2.metric("tender_stale_tags_served_total") >= 1.0, "{}", t2.metrics());
+        .unwrap_or_else(|e| {
+            panic!(
+                "pull with the upstream down failed: {e}\ntender log:\n{}",
+                t2.log()
+            )
+        });
+    assert!(
+        t2.metric("tender_stale_tags_served_total") >= 1.0,
+        "{}",
+        t2.metrics()
+    );
 }
 
 #[test]
@@ -104,18 +150,35 @@ fn docker_style_requests_without_ns_use_the_default_registry() {
     // skopeo, like Docker's registry-mirrors, sends no ns parameter.
     let out_dir = tmp.subdir("out");
     let out = Command::new("skopeo")
-        .args(["copy", "--insecure-policy", "--src-tls-verify=false", "--preserve-digests"])
+        .args([
+            "copy",
+            "--insecure-policy",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+        ])
         .arg(format!("docker://127.0.0.1:{}/library/nons:v2", t.port))
         .arg(format!("oci:{}:v2", out_dir.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "skopeo through tender failed: {}\n{}", String::from_utf8_lossy(&out.stderr), t.log());
-    let index: serde_json::Value = serde_json::from_slice(&fs::read(out_dir.join("index.json")).unwrap()).unwrap();
-    assert_eq!(index["manifests"][0]["digest"], img.manifest_digest.as_str());
+    assert!(
+        out.status.success(),
+        "skopeo through tender failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        t.log()
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(out_dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        img.manifest_digest.as_str()
+    );
     for d in &img.layer_digests {
         let hex = d.strip_prefix("sha256:").unwrap();
         let copied = fs::read(out_dir.join("blobs/sha256").join(hex)).unwrap();
         assert_eq!(sha256_digest(&copied), *d);
     }
-    assert!(t.log().contains("registry=docker.io"), "requests without ns must go to the default registry");
+    assert!(
+        t.log().contains("registry=docker.io"),
+        "requests without ns must go to the default registry"
+    );
 }

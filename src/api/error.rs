@@ -50,10 +50,14 @@ impl ApiError {
             BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
             ManifestUnknown | NotAcceptable(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
             Range(RangeError::Malformed(_)) => (StatusCode::BAD_REQUEST, "RANGE_INVALID"),
-            Range(RangeError::Unsatisfiable { .. }) => (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID"),
+            Range(RangeError::Unsatisfiable { .. }) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID")
+            }
             Upstream(FetchError::NotFound) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
             Upstream(FetchError::Denied(_)) => (StatusCode::FORBIDDEN, "DENIED"),
-            Upstream(FetchError::Unavailable(_)) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Upstream(FetchError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+            }
             Upstream(FetchError::Integrity(_)) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         }

@@ -13,8 +13,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, ACCEPT, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
-    IF_NONE_MATCH, RANGE,
+    HeaderMap, HeaderValue, ACCEPT, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, IF_NONE_MATCH, RANGE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
@@ -146,7 +146,11 @@ impl App {
         Response::from_parts(parts, body.with_log(log))
     }
 
-    async fn route(self: &Arc<Self>, req: &Request<Incoming>, info: &mut Info) -> Result<Response<ResponseBody>, ApiError> {
+    async fn route(
+        self: &Arc<Self>,
+        req: &Request<Incoming>,
+        info: &mut Info,
+    ) -> Result<Response<ResponseBody>, ApiError> {
         let route = path::parse(req.uri().path())?;
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
@@ -177,14 +181,16 @@ impl App {
                 let reg = self.registry(req.uri().query())?;
                 info.registry = reg.host.clone();
                 info.repository = name.clone();
-                self.manifest(&reg, &name, reference, req.headers(), head, info).await
+                self.manifest(&reg, &name, reference, req.headers(), head, info)
+                    .await
             }
             Route::Blob { name, digest } => {
                 info.kind = "blob";
                 let reg = self.registry(req.uri().query())?;
                 info.registry = reg.host.clone();
                 info.repository = name.clone();
-                self.blob(&reg, &name, digest, req.headers(), head, info).await
+                self.blob(&reg, &name, digest, req.headers(), head, info)
+                    .await
             }
             Route::TagsList { name } => {
                 info.kind = "tags";
@@ -254,7 +260,10 @@ impl App {
         h.insert("docker-content-digest", header_value(&m.digest.to_string()));
         h.insert(ETAG, header_value(&etag));
         h.insert(CONTENT_LENGTH, HeaderValue::from(m.bytes.len()));
-        h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+        h.insert(
+            "docker-distribution-api-version",
+            HeaderValue::from_static("registry/2.0"),
+        );
         Ok(resp)
     }
 
@@ -270,7 +279,9 @@ impl App {
         }
         let store = self.store.clone();
         let d = *d;
-        let read = tokio::task::spawn_blocking(move || store.read_manifest(&d)).await.ok()?;
+        let read = tokio::task::spawn_blocking(move || store.read_manifest(&d))
+            .await
+            .ok()?;
         match read {
             Ok(Some((media_type, bytes))) => {
                 if Digest::of(&bytes) != d {
@@ -309,7 +320,10 @@ impl App {
         self.manifests.insert(m.clone());
         let store = self.store.clone();
         let m2 = m.clone();
-        let res = tokio::task::spawn_blocking(move || store.put_manifest(&m2.digest, &m2.media_type, &m2.bytes)).await;
+        let res = tokio::task::spawn_blocking(move || {
+            store.put_manifest(&m2.digest, &m2.media_type, &m2.bytes)
+        })
+        .await;
         if let Ok(Err(e)) = res {
             tracing::warn!(digest = %m.digest, error = %e, "manifest served but not cached");
         }
@@ -331,7 +345,10 @@ impl App {
         let (res, joined) = self
             .digest_flights
             .run(d, move || async move {
-                let fm = reg.upstreams.get_manifest(&name, &d.to_string(), Some(&d)).await?;
+                let fm = reg
+                    .upstreams
+                    .get_manifest(&name, &d.to_string(), Some(&d))
+                    .await?;
                 Ok(app.keep_manifest(fm).await)
             })
             .await;
@@ -360,22 +377,34 @@ impl App {
         let k = key.clone();
         let (res, joined) = self
             .tag_flights
-            .run(key, move || async move { app.refresh_tag(&reg, &name, &tag, &k).await })
+            .run(key, move || async move {
+                app.refresh_tag(&reg, &name, &tag, &k).await
+            })
             .await;
         let out = res.map_err(|e| fetch_error(e, ApiError::ManifestUnknown))?;
-        Ok((out.manifest.clone(), if joined { "coalesced" } else { out.result }))
+        Ok((
+            out.manifest.clone(),
+            if joined { "coalesced" } else { out.result },
+        ))
     }
 
     /// Resolves a tag that is unknown or past `tag_ttl`: revalidate with an
     /// upstream HEAD (no body unless the digest changed), or fetch it; serve
     /// the last known digest if every upstream fails.
-    async fn refresh_tag(&self, reg: &RegistryCtx, name: &str, tag: &str, key: &str) -> Shared<TagOutcome> {
+    async fn refresh_tag(
+        &self,
+        reg: &RegistryCtx,
+        name: &str,
+        tag: &str,
+        key: &str,
+    ) -> Shared<TagOutcome> {
         let prior = self.tags.get(key).await;
         let prior_m = match prior {
             Some(p) => self.manifest_local(&p.digest).await,
             None => None,
         };
-        let outcome = |manifest: Arc<Manifest>, result| Ok(Arc::new(TagOutcome { manifest, result }));
+        let outcome =
+            |manifest: Arc<Manifest>, result| Ok(Arc::new(TagOutcome { manifest, result }));
         if let (Some(p), Some(m)) = (prior, &prior_m) {
             if p.is_fresh(self.config.tag_ttl) {
                 return outcome(m.clone(), "hit");
@@ -475,9 +504,9 @@ impl App {
                 None => blob_headers(Response::new(ResponseBody::empty()), &digest),
             });
         }
-        let (fill, leader) = self
-            .fills
-            .join_or_start(&self.fill_ctx, reg.upstreams.clone(), name, digest);
+        let (fill, leader) =
+            self.fills
+                .join_or_start(&self.fill_ctx, reg.upstreams.clone(), name, digest);
         info.result = if leader { "miss" } else { "coalesced" };
         let total = fill
             .started()
@@ -505,7 +534,10 @@ impl App {
             }
             None => {
                 tokio::spawn(async move { fill.stream(0, None, tx).await });
-                blob_headers(Response::new(ResponseBody::stream(rx).counted(counter)), &digest)
+                blob_headers(
+                    Response::new(ResponseBody::stream(rx).counted(counter)),
+                    &digest,
+                )
             }
         };
         Ok(resp)
@@ -560,12 +592,18 @@ impl BlobPlan {
 
 fn blob_headers(mut resp: Response<ResponseBody>, d: &Digest) -> Response<ResponseBody> {
     let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert("docker-content-digest", header_value(&d.to_string()));
     h.insert(ETAG, header_value(&format!("\"{d}\"")));
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=31536000"));
-    h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    h.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
     resp
 }
 
@@ -585,7 +623,10 @@ fn json_response(body: Bytes, head: bool) -> Response<ResponseBody> {
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    h.insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
     resp
 }
 
@@ -642,7 +683,10 @@ mod tests {
     fn accept_header_rules() {
         let mut h = HeaderMap::new();
         assert!(accepts(&h, crate::upstream::MEDIA_OCI_INDEX));
-        h.insert(ACCEPT, HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"));
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+        );
         assert!(!accepts(&h, crate::upstream::MEDIA_OCI_INDEX));
         assert!(accepts(&h, crate::upstream::MEDIA_OCI_MANIFEST));
         h.append(ACCEPT, HeaderValue::from_static("*/*;q=0.1"));

@@ -25,11 +25,21 @@ impl std::fmt::Display for Reference {
 pub enum Route {
     /// `/v2/`: the API version check.
     Base,
-    Manifest { name: String, reference: Reference },
-    Blob { name: String, digest: Digest },
-    TagsList { name: String },
+    Manifest {
+        name: String,
+        reference: Reference,
+    },
+    Blob {
+        name: String,
+        digest: Digest,
+    },
+    TagsList {
+        name: String,
+    },
     /// Upload endpoints, `_catalog`, referrers: not offered by a pull-through cache.
-    Unsupported { what: &'static str },
+    Unsupported {
+        what: &'static str,
+    },
     Metrics,
     Healthz,
     Readyz,
@@ -66,12 +76,16 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
     }
     // The name may itself contain `/`, so anchor on the trailing route words.
     if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Ok(Route::TagsList { name: name_of(name)? });
+        return Ok(Route::TagsList {
+            name: name_of(name)?,
+        });
     }
     if let Some(i) = rest.find("/blobs/uploads") {
         let tail = &rest[i + "/blobs/uploads".len()..];
         if tail.is_empty() || tail.starts_with('/') {
-            return Ok(Route::Unsupported { what: "blob upload" });
+            return Ok(Route::Unsupported {
+                what: "blob upload",
+            });
         }
     }
     let (head, last) = rest.rsplit_once('/').ok_or(PathError::NotFound)?;
@@ -231,7 +245,9 @@ mod tests {
         ));
         assert_eq!(
             parse("/v2/library/alpine/tags/list").unwrap(),
-            Route::TagsList { name: "library/alpine".into() }
+            Route::TagsList {
+                name: "library/alpine".into()
+            }
         );
         // A repository may legitimately be called "manifests" or "blobs".
         assert!(matches!(
@@ -247,7 +263,10 @@ mod tests {
             "/v2/library/alpine/blobs/uploads/abc-123",
             "/v2/_catalog",
         ] {
-            assert!(matches!(parse(p).unwrap(), Route::Unsupported { .. }), "{p}");
+            assert!(
+                matches!(parse(p).unwrap(), Route::Unsupported { .. }),
+                "{p}"
+            );
         }
     }
 
@@ -287,10 +306,20 @@ mod tests {
 
     #[test]
     fn repository_grammar() {
-        for ok in ["a", "library/alpine", "a-b", "a--b", "a__b", "a.b/c_d", "x0/y1/z2"] {
+        for ok in [
+            "a",
+            "library/alpine",
+            "a-b",
+            "a--b",
+            "a__b",
+            "a.b/c_d",
+            "x0/y1/z2",
+        ] {
             assert!(valid_repository(ok), "{ok}");
         }
-        for bad in ["", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", ".", "..", "a/../b", "a b"] {
+        for bad in [
+            "", "A", "a/", "/a", "a//b", "a..b", "a___b", "-a", "a-", ".", "..", "a/../b", "a b",
+        ] {
             assert!(!valid_repository(bad), "{bad}");
         }
         assert!(!valid_repository(&"a".repeat(MAX_NAME_LEN + 1)));
@@ -306,7 +335,10 @@ mod tests {
 
     #[test]
     fn query_params() {
-        assert_eq!(query_param(Some("ns=docker.io"), "ns"), Some(Ok("docker.io".into())));
+        assert_eq!(
+            query_param(Some("ns=docker.io"), "ns"),
+            Some(Ok("docker.io".into()))
+        );
         assert_eq!(
             query_param(Some("foo=1&ns=localhost%3A5000"), "ns"),
             Some(Ok("localhost:5000".into()))

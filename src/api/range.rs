@@ -109,19 +109,51 @@ mod tests {
 
     #[test]
     fn resolves_the_three_forms() {
-        assert_eq!(r("bytes=0-9", 100).unwrap(), Some(ByteRange { start: 0, end: 9 }));
-        assert_eq!(r("bytes=90-", 100).unwrap(), Some(ByteRange { start: 90, end: 99 }));
-        assert_eq!(r("bytes=-10", 100).unwrap(), Some(ByteRange { start: 90, end: 99 }));
-        assert_eq!(r("bytes=-1000", 100).unwrap(), Some(ByteRange { start: 0, end: 99 }));
-        assert_eq!(r("bytes=50-1000", 100).unwrap(), Some(ByteRange { start: 50, end: 99 }));
+        assert_eq!(
+            r("bytes=0-9", 100).unwrap(),
+            Some(ByteRange { start: 0, end: 9 })
+        );
+        assert_eq!(
+            r("bytes=90-", 100).unwrap(),
+            Some(ByteRange { start: 90, end: 99 })
+        );
+        assert_eq!(
+            r("bytes=-10", 100).unwrap(),
+            Some(ByteRange { start: 90, end: 99 })
+        );
+        assert_eq!(
+            r("bytes=-1000", 100).unwrap(),
+            Some(ByteRange { start: 0, end: 99 })
+        );
+        assert_eq!(
+            r("bytes=50-1000", 100).unwrap(),
+            Some(ByteRange { start: 50, end: 99 })
+        );
     }
 
     #[test]
     fn unsatisfiable_and_malformed() {
-        assert_eq!(r("bytes=100-", 100), Err(RangeError::Unsatisfiable { total: 100 }));
-        assert_eq!(r("bytes=-0", 100), Err(RangeError::Unsatisfiable { total: 100 }));
-        assert_eq!(r("bytes=0-", 0), Err(RangeError::Unsatisfiable { total: 0 }));
-        for bad in ["bytes=abc", "bytes=5-1", "bytes=-", "bytes=1-2-3", "bytes", "bytes=+1-2", "bytes=99999999999999999999999-"] {
+        assert_eq!(
+            r("bytes=100-", 100),
+            Err(RangeError::Unsatisfiable { total: 100 })
+        );
+        assert_eq!(
+            r("bytes=-0", 100),
+            Err(RangeError::Unsatisfiable { total: 100 })
+        );
+        assert_eq!(
+            r("bytes=0-", 0),
+            Err(RangeError::Unsatisfiable { total: 0 })
+        );
+        for bad in [
+            "bytes=abc",
+            "bytes=5-1",
+            "bytes=-",
+            "bytes=1-2-3",
+            "bytes",
+            "bytes=+1-2",
+            "bytes=99999999999999999999999-",
+        ] {
             assert!(matches!(parse(bad), Err(RangeError::Malformed(_))), "{bad}");
         }
     }

@@ -45,9 +45,15 @@ pub enum Phase {
     /// Walking the upstreams; no status known yet.
     Connecting,
     /// Bytes are arriving into `file`; `total` if the upstream said.
-    Streaming { total: Option<u64>, file: Arc<File> },
+    Streaming {
+        total: Option<u64>,
+        file: Arc<File>,
+    },
     /// Verified. `file` holds the whole blob (committed or not).
-    Complete { size: u64, file: Arc<File> },
+    Complete {
+        size: u64,
+        file: Arc<File>,
+    },
     Failed(FetchError),
 }
 
@@ -196,7 +202,9 @@ impl Fill {
                 match &s.phase {
                     Phase::Connecting => Ok((None, 0, None)),
                     // Hold back one byte until verified.
-                    Phase::Streaming { total, file } => Ok((Some(file.clone()), s.written.saturating_sub(1), *total)),
+                    Phase::Streaming { total, file } => {
+                        Ok((Some(file.clone()), s.written.saturating_sub(1), *total))
+                    }
                     Phase::Complete { size, file } => Ok((Some(file.clone()), *size, Some(*size))),
                     Phase::Failed(e) => Err(e.to_string()),
                 }
@@ -226,7 +234,9 @@ impl Fill {
                         }
                     }
                     Ok(_) => {
-                        let _ = out.send(Err(io::Error::other("cache file shorter than written"))).await;
+                        let _ = out
+                            .send(Err(io::Error::other("cache file shorter than written")))
+                            .await;
                         return;
                     }
                     Err(e) => {
@@ -245,7 +255,12 @@ impl Fill {
 }
 
 /// Streams bytes `start..end` of a complete (cached) file to `out`.
-pub async fn stream_file(file: Arc<File>, start: u64, end: u64, out: mpsc::Sender<io::Result<Bytes>>) {
+pub async fn stream_file(
+    file: Arc<File>,
+    start: u64,
+    end: u64,
+    out: mpsc::Sender<io::Result<Bytes>>,
+) {
     let mut pos = start;
     while pos < end {
         let len = ((end - pos) as usize).min(READ_CHUNK);
@@ -257,7 +272,11 @@ pub async fn stream_file(file: Arc<File>, start: u64, end: u64, out: mpsc::Sende
                 }
             }
             Ok(_) => {
-                let _ = out.send(Err(io::Error::other("cached file is shorter than expected"))).await;
+                let _ = out
+                    .send(Err(io::Error::other(
+                        "cached file is shorter than expected",
+                    )))
+                    .await;
                 return;
             }
             Err(e) => {
@@ -321,7 +340,9 @@ async fn run(
     // Another fill may have committed this digest between the caller's store
     // lookup and our registration.
     let store = ctx.store.clone();
-    if let Ok(Ok(Some((f, size)))) = tokio::task::spawn_blocking(move || store.open_blob(&digest)).await {
+    if let Ok(Ok(Some((f, size)))) =
+        tokio::task::spawn_blocking(move || store.open_blob(&digest)).await
+    {
         tx.send_modify(|s| {
             s.written = size;
             s.phase = Phase::Complete {
@@ -381,7 +402,9 @@ async fn run(
             Some(Ok(Ok(None))) => {
                 let received = sink.written + batch.len() as u64;
                 match total {
-                    Some(t) if received < t => Err(format!("body ended at {received} of {t} bytes")),
+                    Some(t) if received < t => {
+                        Err(format!("body ended at {received} of {t} bytes"))
+                    }
                     _ => Ok(None),
                 }
             }
@@ -472,7 +495,9 @@ async fn run(
     .await;
     match committed {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(digest = %digest, error = %e, "commit failed: blob served but not cached"),
+        Ok(Err(e)) => {
+            tracing::warn!(digest = %digest, error = %e, "commit failed: blob served but not cached")
+        }
         Err(e) => tracing::warn!(digest = %digest, error = %e, "commit task failed"),
     }
     tx.send_modify(|s| {
@@ -490,7 +515,11 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Writes and hashes a batch on the blocking pool, then publishes progress.
-async fn write_batch(mut sink: Sink, batch: &mut BytesMut, tx: &watch::Sender<FillState>) -> Result<Sink, FetchError> {
+async fn write_batch(
+    mut sink: Sink,
+    batch: &mut BytesMut,
+    tx: &watch::Sender<FillState>,
+) -> Result<Sink, FetchError> {
     if batch.is_empty() {
         return Ok(sink);
     }
@@ -510,4 +539,3 @@ async fn write_batch(mut sink: Sink, batch: &mut BytesMut, tx: &watch::Sender<Fi
     tx.send_modify(|s| s.written = written);
     Ok(sink)
 }
-

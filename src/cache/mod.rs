@@ -60,7 +60,9 @@ impl ManifestCache {
         g.order.push_back(m.digest);
         g.map.insert(m.digest, m);
         while g.bytes > self.limit {
-            let Some(old) = g.order.pop_front() else { break };
+            let Some(old) = g.order.pop_front() else {
+                break;
+            };
             if let Some(o) = g.map.remove(&old) {
                 g.bytes -= o.bytes.len();
             }
@@ -236,7 +238,10 @@ where
                         let out = fut.await;
                         // Remove first: a caller arriving after this sees the
                         // result in the caches, not a finished flight.
-                        me.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                        me.map
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
                         let _ = tx.send(Some(out));
                     });
                     (rx, false)
@@ -249,7 +254,9 @@ where
             }
             if rx.changed().await.is_err() {
                 return (
-                    Err(FetchError::Unavailable("the fetch ended unexpectedly".into())),
+                    Err(FetchError::Unavailable(
+                        "the fetch ended unexpectedly".into(),
+                    )),
                     joined,
                 );
             }

@@ -249,10 +249,20 @@ impl Store {
     /// fsync the directory, then account for it and evict if over the bound.
     /// Objects larger than the whole cache are not kept. Returns whether the
     /// object was kept.
-    pub fn commit(&self, kind: Kind, temp: &Path, file: &File, d: &Digest, size: u64) -> io::Result<bool> {
+    pub fn commit(
+        &self,
+        kind: Kind,
+        temp: &Path,
+        file: &File,
+        d: &Digest,
+        size: u64,
+    ) -> io::Result<bool> {
         if size > self.max_size {
             let _ = fs::remove_file(temp);
-            self.metrics.passthrough.with_label_values(&["larger_than_cache"]).inc();
+            self.metrics
+                .passthrough
+                .with_label_values(&["larger_than_cache"])
+                .inc();
             return Ok(false);
         }
         let res = (|| {
@@ -443,7 +453,11 @@ impl Store {
                 }
                 for f in fs::read_dir(sub.path())? {
                     let f = f?;
-                    if let Some(d) = f.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) {
+                    if let Some(d) = f
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| Digest::from_hex(n).ok())
+                    {
                         out.push((kind, d, f.path()));
                     }
                 }
@@ -495,7 +509,10 @@ mod tests {
         // Use `a` so that `b` is now the oldest.
         assert!(s.open_blob(&a).unwrap().is_some());
         let d = put_blob(&s, &[4u8; 300]);
-        assert!(s.open_blob(&b).unwrap().is_none(), "LRU victim must be gone");
+        assert!(
+            s.open_blob(&b).unwrap().is_none(),
+            "LRU victim must be gone"
+        );
         for x in [a, c, d] {
             assert!(s.blob_size(&x).unwrap().is_some());
         }
@@ -537,8 +554,12 @@ mod tests {
             let s = store(&dir, 10_000);
             let a = put_blob(&s, b"first");
             let b = put_blob(&s, b"second");
-            s.put_manifest(&Digest::of(b"{}"), "application/vnd.oci.image.manifest.v1+json", b"{}")
-                .unwrap();
+            s.put_manifest(
+                &Digest::of(b"{}"),
+                "application/vnd.oci.image.manifest.v1+json",
+                b"{}",
+            )
+            .unwrap();
             let _ = s.create_temp().unwrap(); // left behind, as after a kill -9
             (a, b)
         };
@@ -548,7 +569,10 @@ mod tests {
         assert_eq!(s.entry_count(), 3);
         assert!(s.open_blob(&a).unwrap().is_some() && s.open_blob(&b).unwrap().is_some());
         let (mt, body) = s.read_manifest(&Digest::of(b"{}")).unwrap().unwrap();
-        assert_eq!((mt.as_str(), &body[..]), ("application/vnd.oci.image.manifest.v1+json", &b"{}"[..]));
+        assert_eq!(
+            (mt.as_str(), &body[..]),
+            ("application/vnd.oci.image.manifest.v1+json", &b"{}"[..])
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -147,7 +147,8 @@ mod tests {
 
     #[test]
     fn parses_quirky_forms() {
-        let c = parse_challenge(r#"bearer  Realm = "https://x/t" , service=unquoted,scope="a\"b""#).unwrap();
+        let c = parse_challenge(r#"bearer  Realm = "https://x/t" , service=unquoted,scope="a\"b""#)
+            .unwrap();
         assert_eq!(
             c,
             Challenge::Bearer {
@@ -156,7 +157,10 @@ mod tests {
                 scope: Some("a\"b".into()),
             }
         );
-        assert_eq!(parse_challenge(r#"Basic realm="Registry""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry""#),
+            Some(Challenge::Basic)
+        );
     }
 
     #[test]
@@ -170,9 +174,18 @@ mod tests {
 
     #[test]
     fn trust_domain() {
-        assert!(realm_in_trust_domain("registry-1.docker.io", "auth.docker.io"));
-        assert!(realm_in_trust_domain("harbor.corp.example", "harbor.corp.example"));
-        assert!(!realm_in_trust_domain("registry-1.docker.io", "docker.io.evil.example"));
+        assert!(realm_in_trust_domain(
+            "registry-1.docker.io",
+            "auth.docker.io"
+        ));
+        assert!(realm_in_trust_domain(
+            "harbor.corp.example",
+            "harbor.corp.example"
+        ));
+        assert!(!realm_in_trust_domain(
+            "registry-1.docker.io",
+            "docker.io.evil.example"
+        ));
         assert!(!realm_in_trust_domain("127.0.0.1", "127.0.0.2"));
     }
 }

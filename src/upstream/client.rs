@@ -51,7 +51,9 @@ pub struct UpstreamClient {
 
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamClient").field("url", &self.url).finish()
+        f.debug_struct("UpstreamClient")
+            .field("url", &self.url)
+            .finish()
     }
 }
 
@@ -132,7 +134,9 @@ impl UpstreamClient {
                 b = b.add_root_certificate(c);
             }
         }
-        let http = b.build().map_err(|e| format!("http client for {}: {e}", cfg.url))?;
+        let http = b
+            .build()
+            .map_err(|e| format!("http client for {}: {e}", cfg.url))?;
         let creds = match &cfg.credentials_file {
             Some(f) => Some(read_credentials(f)?),
             None => None,
@@ -173,7 +177,12 @@ impl UpstreamClient {
         let url = format!("{}/v2/{}/{}", self.url, repo_path, suffix);
         let scope = format!("repository:{repo_path}:pull");
         let mut resp = self
-            .send_once(method.clone(), &url, headers.clone(), self.cached_auth(&scope))
+            .send_once(
+                method.clone(),
+                &url,
+                headers.clone(),
+                self.cached_auth(&scope),
+            )
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge = resp
@@ -233,7 +242,12 @@ impl UpstreamClient {
                 Err(UpstreamError::Timeout("response headers"))
             }
             Ok(Err(e)) => {
-                status_label = if e.is_connect() { "connect_error" } else { "error" }.to_string();
+                status_label = if e.is_connect() {
+                    "connect_error"
+                } else {
+                    "error"
+                }
+                .to_string();
                 Err(UpstreamError::Transport(e.to_string()))
             }
             Ok(Ok(r)) => {
@@ -354,7 +368,10 @@ fn read_credentials(path: &std::path::Path) -> Result<Credentials, String> {
         )
     })?;
     if user.is_empty() {
-        return Err(format!("credentials_file {}: empty username", path.display()));
+        return Err(format!(
+            "credentials_file {}: empty username",
+            path.display()
+        ));
     }
     Ok(Credentials {
         user: user.to_string(),
@@ -394,12 +411,24 @@ fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         out.push(T[(n >> 18) as usize & 63] as char);
         out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -410,14 +439,29 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (i, o) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
     }
 
     #[test]
     fn internal_addresses() {
-        for h in ["127.0.0.1", "169.254.169.254", "10.1.2.3", "192.168.0.1", "[::1]", "localhost", "100.64.0.1", "[fe80::1]"] {
+        for h in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "10.1.2.3",
+            "192.168.0.1",
+            "[::1]",
+            "localhost",
+            "100.64.0.1",
+            "[fe80::1]",
+        ] {
             assert!(host_is_internal(h), "{h}");
         }
         for h in ["8.8.8.8", "registry-1.docker.io", "[2606:4700::1]"] {

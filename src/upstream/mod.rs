@@ -60,7 +60,13 @@ impl UpstreamError {
         matches!(self, UpstreamError::Status { status: 404, .. })
     }
     fn is_denied(&self) -> bool {
-        matches!(self, UpstreamError::Status { status: 401 | 403, .. } | UpstreamError::Auth(_))
+        matches!(
+            self,
+            UpstreamError::Status {
+                status: 401 | 403,
+                ..
+            } | UpstreamError::Auth(_)
+        )
     }
 }
 
@@ -144,7 +150,11 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(reg: &config::Registry, timeouts: Timeouts, metrics: &Arc<Metrics>) -> Result<Upstreams, String> {
+    pub fn new(
+        reg: &config::Registry,
+        timeouts: Timeouts,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Upstreams, String> {
         let clients = reg
             .upstreams
             .iter()
@@ -177,7 +187,14 @@ impl Upstreams {
         let mut walk = Walk::default();
         let suffix = format!("blobs/{digest}");
         let n = self.clients.len();
-        for (index, up) in self.clients.iter().enumerate().cycle().skip(first % n.max(1)).take(n) {
+        for (index, up) in self
+            .clients
+            .iter()
+            .enumerate()
+            .cycle()
+            .skip(first % n.max(1))
+            .take(n)
+        {
             let mut headers = HeaderMap::new();
             if offset > 0 {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-")) {
@@ -213,7 +230,11 @@ impl Upstreams {
         let suffix = format!("blobs/{digest}");
         for up in &self.clients {
             match up.send(Method::HEAD, repo, &suffix, HeaderMap::new()).await {
-                Ok(r) => return Ok(r.content_length().or_else(|| header_u64(r.headers(), "content-length"))),
+                Ok(r) => {
+                    return Ok(r
+                        .content_length()
+                        .or_else(|| header_u64(r.headers(), "content-length")))
+                }
                 Err(e) => walk.record(up, &e),
             }
         }
@@ -223,7 +244,12 @@ impl Upstreams {
     /// GET a manifest by tag or digest, verified: by digest it must hash to
     /// that digest; by tag it must hash to the upstream's
     /// `Docker-Content-Digest` when one is given.
-    pub async fn get_manifest(&self, repo: &str, reference: &str, expect: Option<&Digest>) -> Result<FetchedManifest, FetchError> {
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        expect: Option<&Digest>,
+    ) -> Result<FetchedManifest, FetchError> {
         let mut walk = Walk::default();
         let suffix = format!("manifests/{reference}");
         for up in &self.clients {
@@ -241,7 +267,8 @@ impl Upstreams {
                     .get("docker-content-digest")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<Digest>().ok());
-                let bytes = client::read_limited(resp, MAX_MANIFEST_SIZE, up.timeouts.stall).await?;
+                let bytes =
+                    client::read_limited(resp, MAX_MANIFEST_SIZE, up.timeouts.stall).await?;
                 let actual = Digest::of(&bytes);
                 if let Some(expected) = expect.copied().or(claimed) {
                     if expected != actual {
@@ -265,7 +292,11 @@ impl Upstreams {
     }
 
     /// HEAD a manifest: the digest the reference points at now.
-    pub async fn head_manifest(&self, repo: &str, reference: &str) -> Result<ManifestHead, FetchError> {
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<ManifestHead, FetchError> {
         let mut walk = Walk::default();
         let suffix = format!("manifests/{reference}");
         for up in &self.clients {
@@ -297,7 +328,9 @@ impl Upstreams {
         };
         for up in &self.clients {
             let res = async {
-                let resp = up.send(Method::GET, repo, &suffix, HeaderMap::new()).await?;
+                let resp = up
+                    .send(Method::GET, repo, &suffix, HeaderMap::new())
+                    .await?;
                 let body = client::read_limited(resp, 16 << 20, up.timeouts.stall).await?;
                 let mut v: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|e| UpstreamError::Invalid(format!("tags/list is not JSON: {e}")))?;
@@ -320,7 +353,10 @@ impl Upstreams {
 
 /// Checks a blob response against the requested offset and works out how
 /// many leading bytes to drop and the blob's total size.
-fn position_blob(resp: reqwest::Response, offset: u64) -> Result<(reqwest::Response, u64, Option<u64>), UpstreamError> {
+fn position_blob(
+    resp: reqwest::Response,
+    offset: u64,
+) -> Result<(reqwest::Response, u64, Option<u64>), UpstreamError> {
     let len = resp.content_length();
     match resp.status().as_u16() {
         200 => Ok((resp, offset, len)),
@@ -339,7 +375,9 @@ fn position_blob(resp: reqwest::Response, offset: u64) -> Result<(reqwest::Respo
             }
             Ok((resp, 0, total))
         }
-        s => Err(UpstreamError::Invalid(format!("unexpected status {s} for a blob"))),
+        s => Err(UpstreamError::Invalid(format!(
+            "unexpected status {s} for a blob"
+        ))),
     }
 }
 
@@ -348,7 +386,11 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
     let (range, total) = rest.split_once('/')?;
     let (a, _b) = range.split_once('-')?;
-    let total = if total == "*" { None } else { Some(total.parse().ok()?) };
+    let total = if total == "*" {
+        None
+    } else {
+        Some(total.parse().ok()?)
+    };
     Some((a.parse().ok()?, total))
 }
 
@@ -389,7 +431,10 @@ mod tests {
 
     #[test]
     fn content_range() {
-        assert_eq!(parse_content_range("bytes 10-99/100"), Some((10, Some(100))));
+        assert_eq!(
+            parse_content_range("bytes 10-99/100"),
+            Some((10, Some(100)))
+        );
         assert_eq!(parse_content_range("bytes 0-9/*"), Some((0, None)));
         assert_eq!(parse_content_range("items 0-9/10"), None);
     }
@@ -398,7 +443,10 @@ mod tests {
     fn media_type_detection() {
         let idx = br#"{"schemaVersion":2,"manifests":[]}"#;
         assert_eq!(manifest_media_type(None, idx).unwrap(), MEDIA_OCI_INDEX);
-        assert_eq!(manifest_media_type(Some("application/json"), idx).unwrap(), MEDIA_OCI_INDEX);
+        assert_eq!(
+            manifest_media_type(Some("application/json"), idx).unwrap(),
+            MEDIA_OCI_INDEX
+        );
         let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#;
         assert_eq!(manifest_media_type(None, m).unwrap(), MEDIA_DOCKER_MANIFEST);
         assert_eq!(

@@ -32,7 +32,11 @@ impl TenderProcess {
 
     pub fn start_with_config(dir: &Path, config_path: &Path, port: u16) -> TenderProcess {
         let log_path = dir.join(format!("tender-{port}.log"));
-        let log = fs::File::create(&log_path).unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tender"))
             .args(["serve", "--config"])
             .arg(config_path)
@@ -48,7 +52,9 @@ impl TenderProcess {
             log_path,
         };
         let url = t.url("/v2/");
-        let up = wait_until(Duration::from_secs(20), || http_get(&url).map(|r| r.status == 200).unwrap_or(false));
+        let up = wait_until(Duration::from_secs(20), || {
+            http_get(&url).map(|r| r.status == 200).unwrap_or(false)
+        });
         assert!(up, "tender did not come up:\n{}", t.log());
         t
     }
