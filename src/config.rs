@@ -379,21 +379,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let mult: u64 =
-        match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1000,
-            "kib" | "ki" => 1 << 10,
-            "m" | "mb" => 1000_000,
-            "mib" | "mi" => 1 << 20,
-            "g" | "gb" => 1000_000_000,
-            "gib" | "gi" => 1 << 30,
-            "t" | "tb" => 1000_000_000_000,
-            "tib" | "ti" => 1 << 40,
-            other => return Err(format!(
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" | "ki" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" | "mi" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" | "gi" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" | "ti" => 1 << 40,
+        other => {
+            return Err(format!(
                 "{s:?} has unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            )),
-        };
+            ))
+        }
+    };
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{s:?} is not a size such as \"512MiB\" or \"20GiB\""))?;

@@ -230,11 +230,8 @@ impl Upstreams {
         let suffix = format!("blobs/{digest}");
         for up in &self.clients {
             match up.send(Method::HEAD, repo, &suffix, HeaderMap::new()).await {
-                Ok(r) => {
-                    return Ok(r
-                        .content_length()
-                        .or_else(|| header_u64(r.headers(), "content-length")))
-                }
+                // Not `content_length()`: for HEAD that is the empty body's length.
+                Ok(r) => return Ok(header_u64(r.headers(), "content-length")),
                 Err(e) => walk.record(up, &e),
             }
         }

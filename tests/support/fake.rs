@@ -1,0 +1,541 @@
+//! An in-process fake registry for integration tests: serves blobs and
+//! manifests put into it, counts every request, and injects faults.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use sha2::Digest as _;
+use tender::api::body::ResponseBody;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Notify};
+
+#[derive(Debug, Clone)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub authorization: Option<String>,
+    pub range: Option<String>,
+    pub accept: Option<String>,
+}
+
+/// Faults applied to `/v2/...` requests (never to `/token`).
+#[derive(Clone, Default)]
+pub struct Fault {
+    /// Answer every registry request with this status.
+    pub status: Option<u16>,
+    pub retry_after: Option<u64>,
+    /// Flip one byte in the middle of blob bodies.
+    pub flip_byte: bool,
+    /// Break blob bodies at this absolute offset in the blob (every time, with or without Range).
+    pub truncate: Option<usize>,
+    /// Send blob bodies in chunks of this size ...
+    pub chunk: Option<usize>,
+    /// ... with this pause between chunks.
+    pub chunk_delay: Option<Duration>,
+    /// Answer ranged blob requests with the whole blob (200).
+    pub ignore_range: bool,
+    /// Require `Authorization: Bearer <token>` issued by `/token`.
+    pub require_token: bool,
+    /// Require Basic credentials (user:pass) at `/token`.
+    pub token_basic: Option<String>,
+    /// Answer blob GETs with a 307 to `<base>/cdn/<digest>`.
+    pub redirect_blobs_to: Option<String>,
+    /// Send this `Docker-Content-Digest` on manifests instead of the true one.
+    pub lie_manifest_digest: Option<String>,
+    /// Hold blob bodies after the first chunk until `release()`.
+    pub gate: bool,
+}
+
+#[derive(Default)]
+pub struct State {
+    blobs: Mutex<HashMap<String, Bytes>>,
+    manifests: Mutex<HashMap<String, (String, Bytes)>>,
+    log: Mutex<Vec<Logged>>,
+    pub fault: Mutex<Fault>,
+    tokens_issued: AtomicUsize,
+    gate: Notify,
+}
+
+pub struct Fake {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub fn digest_of(b: &[u8]) -> String {
+    let h = sha2::Sha256::digest(b);
+    let mut s = String::from("sha256:");
+    for x in h {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+impl Fake {
+    pub async fn start() -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(handle(st, addr, req).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Fake { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn put_blob(&self, data: impl Into<Bytes>) -> String {
+        let data = data.into();
+        let d = digest_of(&data);
+        self.state.blobs.lock().unwrap().insert(d.clone(), data);
+        d
+    }
+
+    /// Stores a manifest under `repo` by digest and, if given, by tag.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        tag: Option<&str>,
+        media_type: &str,
+        body: impl Into<Bytes>,
+    ) -> String {
+        let body = body.into();
+        let d = digest_of(&body);
+        let mut m = self.state.manifests.lock().unwrap();
+        m.insert(
+            format!("{repo}@{d}"),
+            (media_type.to_string(), body.clone()),
+        );
+        if let Some(t) = tag {
+            m.insert(format!("{repo}:{t}"), (media_type.to_string(), body));
+        }
+        d
+    }
+
+    /// An image manifest referencing `config` and `layers` (digests, sizes).
+    pub fn put_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>]) -> (String, Vec<String>) {
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+                .to_vec();
+        let cd = self.put_blob(config.clone());
+        let mut lds = Vec::new();
+        let mut layer_json = Vec::new();
+        for l in layers {
+            let d = self.put_blob(l.clone());
+            layer_json.push(format!(
+                r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{}}}"#,
+                l.len()
+            ));
+            lds.push(d);
+        }
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
+            config.len(),
+            layer_json.join(",")
+        );
+        let md = self.put_manifest(
+            repo,
+            Some(tag),
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest,
+        );
+        (md, lds)
+    }
+
+    pub fn set_fault(&self, f: Fault) {
+        *self.state.fault.lock().unwrap() = f;
+    }
+
+    pub fn release(&self) {
+        self.state.gate.notify_waiters();
+        self.state.fault.lock().unwrap().gate = false;
+    }
+
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.state.log.lock().unwrap().clear();
+    }
+
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        self.log()
+            .iter()
+            .filter(|l| l.method == method && l.path.contains(path_contains))
+            .count()
+    }
+
+    pub fn blob_gets(&self) -> usize {
+        self.count("GET", "/blobs/")
+    }
+
+    pub fn tokens_issued(&self) -> usize {
+        self.state.tokens_issued.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn resp(status: u16, body: ResponseBody) -> Response<ResponseBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}
+
+fn error(status: u16, code: &str) -> Response<ResponseBody> {
+    let mut r = resp(
+        status,
+        ResponseBody::full(format!(
+            r#"{{"errors":[{{"code":"{code}","message":"fake"}}]}}"#
+        )),
+    );
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+async fn handle(
+    st: Arc<State>,
+    addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let logged = Logged {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().unwrap_or("").to_string(),
+        authorization: h("authorization"),
+        range: h("range"),
+        accept: h("accept"),
+    };
+    st.log.lock().unwrap().push(logged.clone());
+    let fault = st.fault.lock().unwrap().clone();
+    let path = logged.path.clone();
+
+    if path == "/token" {
+        if let Some(basic) = &fault.token_basic {
+            let want = format!("Basic {}", b64(basic.as_bytes()));
+            if logged.authorization.as_deref() != Some(want.as_str()) {
+                return error(401, "UNAUTHORIZED");
+            }
+        }
+        let n = st.tokens_issued.fetch_add(1, Ordering::SeqCst) + 1;
+        return resp(
+            200,
+            ResponseBody::full(format!(r#"{{"token":"tok-{n}","expires_in":300}}"#)),
+        );
+    }
+    if let Some(rest) = path.strip_prefix("/cdn/") {
+        if logged.authorization.is_some() {
+            return error(400, "CDN_GOT_AUTHORIZATION");
+        }
+        let Some(data) = st.blobs.lock().unwrap().get(rest).cloned() else {
+            return error(404, "BLOB_UNKNOWN");
+        };
+        return resp(200, ResponseBody::full(data));
+    }
+    if fault.require_token {
+        let ok = logged
+            .authorization
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Bearer tok-"));
+        if !ok {
+            let mut r = error(401, "UNAUTHORIZED");
+            r.headers_mut().insert(
+                "www-authenticate",
+                format!(r#"Bearer realm="http://{addr}/token",service="fake""#)
+                    .parse()
+                    .unwrap(),
+            );
+            return r;
+        }
+    }
+    if let Some(s) = fault.status {
+        let mut r = error(s, "FAULT");
+        if let Some(ra) = fault.retry_after {
+            r.headers_mut()
+                .insert("retry-after", ra.to_string().parse().unwrap());
+        }
+        return r;
+    }
+    if path == "/v2/" {
+        return resp(200, ResponseBody::full("{}"));
+    }
+    let head = logged.method == "HEAD";
+    let Some(rest) = path.strip_prefix("/v2/") else {
+        return error(404, "NOT_FOUND");
+    };
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        let m = st.manifests.lock().unwrap();
+        let mut tags: Vec<String> = m
+            .keys()
+            .filter_map(|k| k.strip_prefix(&format!("{name}:")).map(str::to_string))
+            .collect();
+        tags.sort();
+        if tags.is_empty() {
+            return error(404, "NAME_UNKNOWN");
+        }
+        let body = serde_json::json!({"name": name, "tags": tags}).to_string();
+        return resp(200, ResponseBody::full(body));
+    }
+    if let Some(i) = rest.rfind("/manifests/") {
+        let (name, reference) = (&rest[..i], &rest[i + "/manifests/".len()..]);
+        let key = if reference.contains(':') {
+            format!("{name}@{reference}")
+        } else {
+            format!("{name}:{reference}")
+        };
+        let Some((mt, body)) = st.manifests.lock().unwrap().get(&key).cloned() else {
+            return error(404, "MANIFEST_UNKNOWN");
+        };
+        let digest = fault
+            .lie_manifest_digest
+            .clone()
+            .unwrap_or_else(|| digest_of(&body));
+        let len = body.len();
+        let mut r = resp(
+            200,
+            if head {
+                ResponseBody::empty()
+            } else {
+                ResponseBody::full(body)
+            },
+        );
+        let hm = r.headers_mut();
+        hm.insert("content-type", mt.parse().unwrap());
+        hm.insert("docker-content-digest", digest.parse().unwrap());
+        hm.insert("content-length", len.into());
+        return r;
+    }
+    if let Some(i) = rest.rfind("/blobs/") {
+        let digest = &rest[i + "/blobs/".len()..];
+        let Some(data) = st.blobs.lock().unwrap().get(digest).cloned() else {
+            return error(404, "BLOB_UNKNOWN");
+        };
+        if head {
+            let mut r = resp(200, ResponseBody::empty());
+            r.headers_mut().insert("content-length", data.len().into());
+            r.headers_mut()
+                .insert("docker-content-digest", digest.parse().unwrap());
+            return r;
+        }
+        if let Some(base) = &fault.redirect_blobs_to {
+            let mut r = resp(307, ResponseBody::empty());
+            r.headers_mut()
+                .insert("location", format!("{base}/cdn/{digest}").parse().unwrap());
+            return r;
+        }
+        let total = data.len();
+        let mut start = 0usize;
+        let mut status = 200;
+        if let (Some(rg), false) = (&logged.range, fault.ignore_range) {
+            if let Some(s) = rg.strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')) {
+                start = s.parse().unwrap();
+                status = 206;
+            }
+        }
+        let mut body = data.slice(start..).to_vec();
+        if fault.flip_byte && !body.is_empty() {
+            let mid = body.len() / 2;
+            body[mid] ^= 0xff;
+        }
+        let len = body.len();
+        let (tx, rx) = mpsc::channel(2);
+        let st2 = st.clone();
+        tokio::spawn(async move {
+            let chunk = fault.chunk.unwrap_or(64 << 10);
+            let limit = fault
+                .truncate
+                .map_or(body.len(), |t| t.saturating_sub(start))
+                .min(body.len());
+            let mut pos = 0;
+            let mut first = true;
+            while pos < limit {
+                let end = (pos + chunk).min(limit);
+                if tx
+                    .send(Ok(Bytes::copy_from_slice(&body[pos..end])))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                pos = end;
+                if first && fault.gate {
+                    let still_gated = st2.fault.lock().unwrap().gate;
+                    if still_gated {
+                        st2.gate.notified().await;
+                    }
+                }
+                first = false;
+                if let Some(d) = fault.chunk_delay {
+                    tokio::time::sleep(d).await;
+                }
+            }
+            if limit < body.len() {
+                let _ = tx
+                    .send(Err(std::io::Error::other("fault: truncated")))
+                    .await;
+            }
+        });
+        let mut r = resp(status, ResponseBody::stream(rx));
+        let hm = r.headers_mut();
+        hm.insert("content-length", len.into());
+        hm.insert("docker-content-digest", digest.parse().unwrap());
+        if status == 206 {
+            hm.insert(
+                "content-range",
+                format!("bytes {start}-{}/{total}", total - 1)
+                    .parse()
+                    .unwrap(),
+            );
+        }
+        return r;
+    }
+    error(404, "NOT_FOUND")
+}
+
+pub fn b64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in input.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A tender daemon in this process, on a free port, with its own cache dir.
+pub struct Daemon {
+    pub running: Option<tender::server::Running>,
+    pub base: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub async fn start(registries_toml: &str, extra: &str) -> Daemon {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tender-it-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Daemon::start_in(dir, registries_toml, extra).await
+    }
+
+    pub async fn start_in(dir: std::path::PathBuf, registries_toml: &str, extra: &str) -> Daemon {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\n{extra}\n{registries_toml}",
+            dir.display()
+        );
+        let config = tender::config::Config::parse(&text, "test").unwrap();
+        let running = tender::server::start(config).await.unwrap();
+        let base = format!("http://{}", running.addr);
+        Daemon {
+            running: Some(running),
+            base,
+            dir,
+        }
+    }
+
+    pub fn app(&self) -> &Arc<tender::api::App> {
+        &self.running.as_ref().unwrap().app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = String::from_utf8(self.app().metrics.render()).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `[[registry]]` TOML for `host` with the given upstream URLs, in order.
+pub fn registry_toml(host: &str, default: bool, upstreams: &[&str]) -> String {
+    let mut s = format!("[[registry]]\nhost = \"{host}\"\ndefault = {default}\n");
+    for u in upstreams {
+        s.push_str(&format!("  [[registry.upstream]]\n  url = \"{u}\"\n"));
+    }
+    s
+}
