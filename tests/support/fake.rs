@@ -56,6 +56,8 @@ pub struct Fault {
     pub lie_manifest_digest: Option<String>,
     /// Hold blob bodies after the first chunk until `release()`.
     pub gate: bool,
+    /// Delay manifest responses (so that concurrent resolves overlap).
+    pub manifest_delay: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -324,6 +326,9 @@ async fn handle(
         } else {
             format!("{name}:{reference}")
         };
+        if let Some(d) = fault.manifest_delay {
+            tokio::time::sleep(d).await;
+        }
         let Some((mt, body)) = st.manifests.lock().unwrap().get(&key).cloned() else {
             return error(404, "MANIFEST_UNKNOWN");
         };
