@@ -291,10 +291,19 @@ fn died() -> FetchError {
     FetchError::Unavailable("the fetch ended unexpectedly".into())
 }
 
-/// `pread` on the blocking pool.
+/// Reads up to `len` bytes at `pos`. Bytes already in the page cache (the
+/// common case for hits and for followers tailing a fill) are read inline
+/// with `preadv2(RWF_NOWAIT)`, which by contract never blocks; anything
+/// else goes to the blocking pool. Returns fewer bytes only at end of file.
 pub async fn read_at(file: Arc<File>, pos: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = Vec::with_capacity(len);
+    match read_nowait(&file, &mut buf, pos) {
+        Some(Ok(())) if !buf.is_empty() => return Ok(Bytes::from(buf)),
+        Some(Err(e)) => return Err(e),
+        _ => {}
+    }
     tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::zeroed(len);
+        let mut buf = vec![0u8; len];
         let mut got = 0;
         while got < len {
             match file.read_at(&mut buf[got..], pos + got as u64) {
@@ -305,10 +314,47 @@ pub async fn read_at(file: Arc<File>, pos: u64, len: usize) -> io::Result<Bytes>
             }
         }
         buf.truncate(got);
-        Ok(buf.freeze())
+        Ok(Bytes::from(buf))
     })
     .await
     .map_err(io::Error::other)?
+}
+
+static NOWAIT_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// `preadv2(RWF_NOWAIT)` into `buf`'s spare capacity. `None`: would block
+/// (not cached) or unsupported here; the caller reads on the blocking pool.
+fn read_nowait(file: &File, buf: &mut Vec<u8>, pos: u64) -> Option<io::Result<()>> {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+    if NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
+        return None;
+    }
+    let spare = buf.spare_capacity_mut();
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    let offset = libc::off_t::try_from(pos).ok()?;
+    // SAFETY: the iovec points at `spare`, memory owned by `buf` that stays
+    // alive and unaliased for the call; the kernel writes at most `iov_len`
+    // bytes into it.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => None,
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+                NOWAIT_UNSUPPORTED.store(true, Ordering::Relaxed);
+                None
+            }
+            _ => Some(Err(e)),
+        };
+    }
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(n as usize) };
+    Some(Ok(()))
 }
 
 /// The temp file being filled, with its running hash. Moved in and out of

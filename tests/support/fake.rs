@@ -56,6 +56,8 @@ pub struct Fault {
     pub lie_manifest_digest: Option<String>,
     /// Hold blob bodies after the first chunk until `release()`.
     pub gate: bool,
+    /// Pace blob bodies to this many bytes per second.
+    pub rate: Option<u64>,
     /// Delay manifest responses (so that concurrent resolves overlap).
     pub manifest_delay: Option<Duration>,
 }
@@ -394,6 +396,7 @@ async fn handle(
                 .min(body.len());
             let mut pos = 0;
             let mut first = true;
+            let paced_from = tokio::time::Instant::now();
             while pos < limit {
                 let end = (pos + chunk).min(limit);
                 if tx
@@ -413,6 +416,10 @@ async fn handle(
                 first = false;
                 if let Some(d) = fault.chunk_delay {
                     tokio::time::sleep(d).await;
+                }
+                if let Some(rate) = fault.rate {
+                    let due = paced_from + Duration::from_secs_f64(pos as f64 / rate as f64);
+                    tokio::time::sleep_until(due).await;
                 }
             }
             if limit < body.len() {
