@@ -19,6 +19,8 @@ pub struct Config {
     pub cache_dir: PathBuf,
     pub cache_max_size: u64,
     pub tag_ttl: Duration,
+    /// Free space tender leaves on the cache's file system.
+    pub min_free_space: crate::cache::store::FreeSpace,
     pub timeouts: Timeouts,
     pub registries: Vec<Registry>,
 }
@@ -99,6 +101,7 @@ struct RawConfig {
     cache_dir: Option<String>,
     cache_max_size: Option<String>,
     tag_ttl: Option<String>,
+    min_free_space: Option<String>,
     connect_timeout: Option<String>,
     header_timeout: Option<String>,
     stall_timeout: Option<String>,
@@ -212,6 +215,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         }
     };
     let tag_ttl = dur("tag_ttl", raw.tag_ttl.as_deref(), "60s");
+
     let timeouts = Timeouts {
         connect: dur("connect_timeout", raw.connect_timeout.as_deref(), "5s"),
         header: dur("header_timeout", raw.header_timeout.as_deref(), "10s"),
@@ -227,6 +231,13 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         }
     }
 
+    let min_free_space = match parse_free_space(raw.min_free_space.as_deref().unwrap_or("10%")) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(format!("min_free_space: {e}"));
+            crate::cache::store::FreeSpace::Bytes(0)
+        }
+    };
     if raw.registry.is_empty() {
         problems.push("registry: at least one [[registry]] is required".into());
     }
@@ -276,8 +287,23 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         cache_dir,
         cache_max_size,
         tag_ttl,
+        min_free_space,
         timeouts,
         registries,
+    }
+}
+
+/// `"10%"` of the file system, or a size such as `"5GiB"`.
+fn parse_free_space(s: &str) -> Result<crate::cache::store::FreeSpace, String> {
+    use crate::cache::store::FreeSpace;
+    match s.trim().strip_suffix('%') {
+        Some(p) => match p.trim().parse::<f64>() {
+            Ok(v) if (0.0..=90.0).contains(&v) => Ok(FreeSpace::Percent(v)),
+            _ => Err(format!(
+                "{s:?} must be a percentage from 0% to 90%, or a size"
+            )),
+        },
+        None => parse_size(s).map(FreeSpace::Bytes),
     }
 }
 

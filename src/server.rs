@@ -143,9 +143,19 @@ pub async fn serve(
     let store = app.store.clone();
     let _ = tokio::task::spawn_blocking(move || store.flush_access_times()).await;
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
-        _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!("grace period over; closing remaining connections"),
+    // Drain connections, then let fills that are still running (a client
+    // may have gone, or got its last byte before the commit) finish and
+    // commit, all within one grace period.
+    let fills = app.fills.clone();
+    let drain = async move {
+        graceful.shutdown().await;
+        while !fills.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    match tokio::time::timeout(SHUTDOWN_GRACE, drain).await {
+        Ok(()) => tracing::info!("drained: connections closed, fills committed"),
+        Err(_) => tracing::warn!("grace period over; abandoning remaining connections and fills"),
     }
 }
 

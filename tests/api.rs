@@ -596,6 +596,13 @@ async fn a_corrupted_blob_is_never_committed_and_the_client_transfer_is_aborted(
         fake.set_fault(Fault::default());
         let r = client().get(&url).send().await.unwrap();
         assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
+        // The commit (fsync, rename) may land just after the client's last byte.
+        for _ in 0..100 {
+            if store_path.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(store_path.exists());
     }
 }

@@ -69,7 +69,8 @@ impl App {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<App>, String> {
         let store = Arc::new(
             Store::open(&config.cache_dir, config.cache_max_size, metrics.clone())
-                .map_err(|e| format!("cache_dir {}: {e}", config.cache_dir.display()))?,
+                .map_err(|e| format!("cache_dir {}: {e}", config.cache_dir.display()))?
+                .with_min_free(config.min_free_space),
         );
         let tags = Tags::new(config.cache_dir.join("tags"))
             .map_err(|e| format!("cache_dir {}: {e}", config.cache_dir.display()))?;
@@ -507,12 +508,17 @@ impl App {
         let (fill, leader) =
             self.fills
                 .join_or_start(&self.fill_ctx, reg.upstreams.clone(), name, digest);
-        info.result = if leader { "miss" } else { "coalesced" };
+        info.result = match (leader, fill.is_complete()) {
+            (true, _) => "miss",
+            // Verified and about to be committed: as good as a hit.
+            (false, true) => "hit",
+            (false, false) => "coalesced",
+        };
         let total = fill
             .started()
             .await
             .map_err(|e| fetch_error(e, ApiError::BlobUnknown))?;
-        let counter = self.served_counter("miss");
+        let counter = self.served_counter(info.result);
         let (tx, rx) = mpsc::channel(1);
         let resp = match total {
             Some(size) => {

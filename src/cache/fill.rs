@@ -55,6 +55,13 @@ pub enum Phase {
         file: Arc<File>,
     },
     Failed(FetchError),
+    /// The cache could not hold this blob (disk full, below the free-space
+    /// watermark, I/O error). Readers continue straight from upstream;
+    /// `file` holds the bytes written before that, if any.
+    Abandoned {
+        file: Option<Arc<File>>,
+        total: Option<u64>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -67,6 +74,9 @@ pub struct FillState {
 pub struct Fill {
     pub digest: Digest,
     state: watch::Receiver<FillState>,
+    /// Where readers fetch from themselves if the fill is abandoned.
+    upstreams: Arc<Upstreams>,
+    repo: String,
 }
 
 /// The in-flight fills, by digest.
@@ -101,7 +111,12 @@ impl Fills {
             written: 0,
             phase: Phase::Connecting,
         });
-        let fill = Arc::new(Fill { digest, state: rx });
+        let fill = Arc::new(Fill {
+            digest,
+            state: rx,
+            upstreams: upstreams.clone(),
+            repo: repo.to_string(),
+        });
         map.insert(digest, fill.clone());
         drop(map);
         let ctx = ctx.clone();
@@ -109,10 +124,28 @@ impl Fills {
         let me = fill.clone();
         ctx.metrics.inflight_fetches.inc();
         tokio::spawn(async move {
-            let res = run(&ctx, &upstreams, &repo, digest, &tx).await;
-            if let Err(e) = res {
-                tracing::warn!(digest = %digest, registry = %upstreams.host, repository = %repo, error = %e, "blob fill failed");
-                tx.send_modify(|s| s.phase = Phase::Failed(e));
+            match run(&ctx, &upstreams, &repo, digest, &tx).await {
+                Ok(()) => {}
+                Err(FillError::Fetch(e)) => {
+                    tracing::warn!(digest = %digest, registry = %upstreams.host, repository = %repo, error = %e, "blob fill failed");
+                    tx.send_modify(|s| s.phase = Phase::Failed(e));
+                }
+                Err(FillError::Disk(e)) => {
+                    ctx.store.note_write_failure(&e);
+                    ctx.metrics
+                        .passthrough
+                        .with_label_values(&["disk_error"])
+                        .inc();
+                    tracing::warn!(digest = %digest, error = %e,
+                        "cache write failed: clients continue straight from upstream");
+                    tx.send_modify(|s| {
+                        let (file, total) = match &s.phase {
+                            Phase::Streaming { total, file } => (Some(file.clone()), *total),
+                            _ => (None, None),
+                        };
+                        s.phase = Phase::Abandoned { file, total };
+                    });
+                }
             }
             ctx.fills.finish(&me);
             ctx.metrics.inflight_fetches.dec();
@@ -147,8 +180,14 @@ impl Fill {
         match &self.state.borrow().phase {
             Phase::Streaming { total, .. } => *total,
             Phase::Complete { size, .. } => Some(*size),
+            Phase::Abandoned { total, .. } => *total,
             _ => None,
         }
+    }
+
+    /// Whether the blob is already verified complete (joining it is a hit).
+    pub fn is_complete(&self) -> bool {
+        matches!(self.state.borrow().phase, Phase::Complete { .. })
     }
 
     /// Waits until the upstream answered: `Ok(total)` once bytes flow (or the
@@ -162,6 +201,7 @@ impl Fill {
                     Phase::Connecting => {}
                     Phase::Streaming { total, .. } => return Ok(*total),
                     Phase::Complete { size, .. } => return Ok(Some(*size)),
+                    Phase::Abandoned { total, .. } => return Ok(*total),
                     Phase::Failed(e) => return Err(e.clone()),
                 }
             }
@@ -180,6 +220,11 @@ impl Fill {
                 match &s.phase {
                     Phase::Complete { size, .. } => return Ok(*size),
                     Phase::Failed(e) => return Err(e.clone()),
+                    Phase::Abandoned { .. } => {
+                        return Err(FetchError::Unavailable(
+                            "the cache cannot hold this blob".into(),
+                        ))
+                    }
                     _ => {}
                 }
             }
@@ -206,13 +251,18 @@ impl Fill {
                         Ok((Some(file.clone()), s.written.saturating_sub(1), *total))
                     }
                     Phase::Complete { size, file } => Ok((Some(file.clone()), *size, Some(*size))),
-                    Phase::Failed(e) => Err(e.to_string()),
+                    Phase::Failed(e) => Err(Err(e.to_string())),
+                    Phase::Abandoned { file, total } => Err(Ok((file.clone(), *total))),
                 }
             };
             let (file, limit, total) = match view {
                 Ok(v) => v,
-                Err(e) => {
+                Err(Err(e)) => {
                     let _ = out.send(Err(io::Error::other(e))).await;
+                    return;
+                }
+                Err(Ok((file, total))) => {
+                    self.passthrough(pos, start, end, total, file, out).await;
                     return;
                 }
             };
@@ -252,6 +302,145 @@ impl Fill {
             }
         }
     }
+}
+
+impl Fill {
+    /// Continues a reader straight from upstream (the fill was abandoned):
+    /// fetches from `pos` with `Range` and streams to `out`. A whole-blob
+    /// read is still verified before its last chunk is sent, re-hashing the
+    /// prefix it already sent from the partial file.
+    async fn passthrough(
+        &self,
+        mut pos: u64,
+        start: u64,
+        end: Option<u64>,
+        total: Option<u64>,
+        file: Option<Arc<File>>,
+        out: mpsc::Sender<io::Result<Bytes>>,
+    ) {
+        let fail = |msg: String| io::Error::other(msg);
+        let whole = start == 0 && (end.is_none() || end == total);
+        let mut hasher = None;
+        if whole {
+            let prefix = match (pos, file) {
+                (0, _) => Ok(Hasher::new()),
+                (n, Some(f)) => tokio::task::spawn_blocking(move || hash_prefix(&f, n))
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(e))),
+                (_, None) => Err(fail("no partial file to verify the prefix".into())),
+            };
+            match prefix {
+                Ok(h) => hasher = Some(h),
+                Err(e) => {
+                    let _ = out.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        let mut br = match self
+            .upstreams
+            .get_blob(&self.repo, &self.digest, pos, 0)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = out.send(Err(fail(e.to_string()))).await;
+                return;
+            }
+        };
+        let stall = br.upstream.timeouts.stall;
+        let stop = end.or(total).or(br.total);
+        let mut held: Option<Bytes> = None;
+        loop {
+            let chunk = match tokio::time::timeout(stall, br.resp.chunk()).await {
+                Ok(Ok(Some(c))) => c,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
+                    let _ = out
+                        .send(Err(fail(format!("upstream body broke: {e}"))))
+                        .await;
+                    return;
+                }
+                Err(_) => {
+                    let _ = out.send(Err(fail("upstream body stalled".into()))).await;
+                    return;
+                }
+            };
+            let mut chunk = chunk;
+            if br.skip > 0 {
+                let n = (br.skip as usize).min(chunk.len());
+                br.skip -= n as u64;
+                chunk = chunk.slice(n..);
+            }
+            if let Some(s) = stop {
+                let room = s.saturating_sub(pos) as usize;
+                if chunk.len() > room {
+                    if whole {
+                        let _ = out
+                            .send(Err(fail(
+                                "upstream sent more bytes than the blob has".into(),
+                            )))
+                            .await;
+                        return;
+                    }
+                    chunk.truncate(room);
+                }
+            }
+            if chunk.is_empty() {
+                if stop.is_some_and(|s| pos >= s) {
+                    break;
+                }
+                continue;
+            }
+            if let Some(h) = &mut hasher {
+                h.update(&chunk);
+            }
+            pos += chunk.len() as u64;
+            if let Some(prev) = held.replace(chunk) {
+                if out.send(Ok(prev)).await.is_err() {
+                    return;
+                }
+            }
+            if !whole && stop.is_some_and(|s| pos >= s) {
+                break;
+            }
+        }
+        if let Some(h) = hasher {
+            let actual = h.finish();
+            if actual != self.digest || total.is_some_and(|t| pos != t) {
+                let _ = out
+                    .send(Err(fail(format!(
+                        "pass-through body failed verification: got {actual}"
+                    ))))
+                    .await;
+                return;
+            }
+        } else if stop.is_some_and(|s| pos < s) {
+            let _ = out
+                .send(Err(fail("upstream body ended early".into())))
+                .await;
+            return;
+        }
+        if let Some(last) = held {
+            let _ = out.send(Ok(last)).await;
+        }
+    }
+}
+
+fn hash_prefix(file: &File, len: u64) -> io::Result<Hasher> {
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < len {
+        let want = ((len - pos) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(io::Error::other("partial file shorter than what was sent"));
+        }
+        h.update(&buf[..n]);
+        pos += n as u64;
+    }
+    Ok(h)
 }
 
 /// Streams bytes `start..end` of a complete (cached) file to `out`.
@@ -357,6 +546,19 @@ fn read_nowait(file: &File, buf: &mut Vec<u8>, pos: u64) -> Option<io::Result<()
     Some(Ok(()))
 }
 
+/// Why a fill ended early: the fetch failed (every reader fails), or the
+/// cache's disk did (readers continue straight from upstream).
+enum FillError {
+    Fetch(FetchError),
+    Disk(io::Error),
+}
+
+impl From<FetchError> for FillError {
+    fn from(e: FetchError) -> Self {
+        FillError::Fetch(e)
+    }
+}
+
 /// The temp file being filled, with its running hash. Moved in and out of
 /// the blocking pool for each batch.
 struct Sink {
@@ -382,7 +584,7 @@ async fn run(
     repo: &str,
     digest: Digest,
     tx: &watch::Sender<FillState>,
-) -> Result<(), FetchError> {
+) -> Result<(), FillError> {
     // Another fill may have committed this digest between the caller's store
     // lookup and our registration.
     let store = ctx.store.clone();
@@ -399,17 +601,34 @@ async fn run(
         return Ok(());
     }
 
+    let abandon = |reason: &str, total: Option<u64>| {
+        ctx.metrics.passthrough.with_label_values(&[reason]).inc();
+        tracing::warn!(digest = %digest, reason, "not caching this blob: clients stream it straight from upstream");
+        tx.send_modify(|s| s.phase = Phase::Abandoned { file: None, total });
+    };
+    if ctx.store.is_full() {
+        // Do not start a download the cache cannot keep; learn the size for
+        // the clients' headers and let each stream from upstream.
+        let total = upstreams.head_blob(repo, &digest).await?;
+        abandon("disk_full", total);
+        return Ok(());
+    }
+
     let mut br = upstreams.get_blob(repo, &digest, 0, 0).await?;
     let total = br.total;
 
     let store = ctx.store.clone();
-    let (path, file) = tokio::task::spawn_blocking(move || store.create_temp())
+    let prepared = tokio::task::spawn_blocking(move || store.prepare_fill(total))
         .await
-        .map_err(|e| FetchError::Unavailable(format!("temp file: {e}")))?
-        .map_err(|e| FetchError::Unavailable(format!("cannot create a cache file: {e}")))?;
-    let reader = file
-        .try_clone()
-        .map_err(|e| FetchError::Unavailable(format!("cannot reopen the cache file: {e}")))?;
+        .map_err(|e| FillError::Disk(io::Error::other(e)))?;
+    let (path, file) = match prepared {
+        Ok(pf) => pf,
+        Err(reason) => {
+            abandon(reason, total);
+            return Ok(());
+        }
+    };
+    let reader = file.try_clone().map_err(FillError::Disk)?;
     let reader = Arc::new(reader);
     let mut sink = Sink {
         path,
@@ -466,11 +685,11 @@ async fn run(
                 // (wrapping around to this one last) for the rest.
                 resumes += 1;
                 if resumes > upstreams.len() + 1 {
-                    return Err(FetchError::Unavailable(format!(
+                    return Err(FillError::Fetch(FetchError::Unavailable(format!(
                         "{}: {why}; gave up after {} resumes",
                         br.upstream.url,
                         resumes - 1
-                    )));
+                    ))));
                 }
                 sink = write_batch(sink, &mut batch, tx).await?;
                 deadline = None;
@@ -482,10 +701,10 @@ async fn run(
                     .await?;
                 if let (Some(a), Some(b)) = (total, next.total) {
                     if a != b {
-                        return Err(FetchError::Integrity(format!(
+                        return Err(FillError::Fetch(FetchError::Integrity(format!(
                             "{} says the blob has {b} bytes, {} said {a}",
                             next.upstream.url, br.upstream.url
-                        )));
+                        ))));
                     }
                 }
                 br = next;
@@ -507,10 +726,10 @@ async fn run(
         let received = sink.written + batch.len() as u64;
         if let Some(t) = total.filter(|t| received > *t) {
             ctx.metrics.integrity_failures.inc();
-            return Err(FetchError::Integrity(format!(
+            return Err(FillError::Fetch(FetchError::Integrity(format!(
                 "{}: body longer than its {t} bytes",
                 br.upstream.url
-            )));
+            ))));
         }
         if batch.len() >= PUBLISH_BYTES {
             sink = write_batch(sink, &mut batch, tx).await?;
@@ -524,12 +743,19 @@ async fn run(
     let actual = sink.hasher.clone().finish();
     if actual != digest {
         ctx.metrics.integrity_failures.inc();
-        return Err(FetchError::Integrity(format!(
+        return Err(FillError::Fetch(FetchError::Integrity(format!(
             "{}: digest mismatch: expected {digest}, got {actual}",
             br.upstream.url
-        )));
+        ))));
     }
     let size = sink.written;
+    // Verified: clients may have their last byte now. The commit's fsyncs
+    // need not delay them; readers hold the file open, and a crash before the
+    // rename only costs a refetch.
+    tx.send_modify(|s| {
+        s.written = size;
+        s.phase = Phase::Complete { size, file: reader };
+    });
     let store = ctx.store.clone();
     let committed = tokio::task::spawn_blocking(move || {
         let r = store.commit(Kind::Blob, &sink.path, &sink.file, &digest, size);
@@ -546,10 +772,6 @@ async fn run(
         }
         Err(e) => tracing::warn!(digest = %digest, error = %e, "commit task failed"),
     }
-    tx.send_modify(|s| {
-        s.written = size;
-        s.phase = Phase::Complete { size, file: reader };
-    });
     Ok(())
 }
 
@@ -565,7 +787,7 @@ async fn write_batch(
     mut sink: Sink,
     batch: &mut BytesMut,
     tx: &watch::Sender<FillState>,
-) -> Result<Sink, FetchError> {
+) -> Result<Sink, FillError> {
     if batch.is_empty() {
         return Ok(sink);
     }
@@ -579,8 +801,8 @@ async fn write_batch(
         (sink, res)
     })
     .await
-    .map_err(|e| FetchError::Unavailable(format!("write task: {e}")))?;
-    res.map_err(|e| FetchError::Unavailable(format!("writing the cache file: {e}")))?;
+    .map_err(|e| FillError::Disk(io::Error::other(e)))?;
+    res.map_err(FillError::Disk)?;
     let written = sink.written;
     tx.send_modify(|s| s.written = written);
     Ok(sink)

@@ -95,8 +95,22 @@ impl Index {
     }
 }
 
+/// How much of the cache's file system tender leaves free for the node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FreeSpace {
+    /// Percent of the file system's size.
+    Percent(f64),
+    Bytes(u64),
+}
+
+/// How long the cache is treated as unwritable after a write failed with
+/// ENOSPC, EIO or EROFS, before a fill tries the disk again.
+const DISK_BACKOFF: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Store {
     root: PathBuf,
+    min_free: FreeSpace,
+    disk_failed_at: Mutex<Option<std::time::Instant>>,
     tmp: PathBuf,
     max_size: u64,
     low_water: u64,
@@ -129,6 +143,8 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
+            min_free: FreeSpace::Bytes(0),
+            disk_failed_at: Mutex::new(None),
             tmp,
             max_size,
             // Evict in batches down to 90% so that eviction does not run on every commit.
@@ -141,6 +157,90 @@ impl Store {
             indexed: AtomicBool::new(false),
             metrics,
         })
+    }
+
+    /// Sets the free-space watermark that fills must leave on the file system.
+    pub fn with_min_free(mut self, min_free: FreeSpace) -> Store {
+        self.min_free = min_free;
+        self
+    }
+
+    /// Whether a recent write failure makes the cache unusable for now.
+    pub fn is_full(&self) -> bool {
+        let g = self
+            .disk_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        g.is_some_and(|t| t.elapsed() < DISK_BACKOFF)
+    }
+
+    /// Records a failed write; disk-level failures pause caching for a while.
+    pub fn note_write_failure(&self, e: &io::Error) {
+        let disk_level = matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC)
+                | Some(libc::EDQUOT)
+                | Some(libc::EROFS)
+                | Some(libc::EIO)
+                | Some(libc::EACCES)
+        );
+        if disk_level {
+            *self
+                .disk_failed_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Gets a temp file for a fill of `expected` bytes, if the file system
+    /// can take it without going below the free-space watermark (evicting
+    /// least recently used objects to make room). The error is a metric
+    /// reason: the caller streams the blob through without caching it.
+    pub fn prepare_fill(&self, expected: Option<u64>) -> Result<(PathBuf, File), &'static str> {
+        if self.is_full() {
+            return Err("disk_full");
+        }
+        if let Ok(st) = nix::sys::statvfs::statvfs(&self.root) {
+            let frag = st.fragment_size();
+            let avail = st.blocks_available() * frag;
+            let size = st.blocks() * frag;
+            let min = match self.min_free {
+                FreeSpace::Percent(p) => (size as f64 * p / 100.0) as u64,
+                FreeSpace::Bytes(b) => b,
+            };
+            let need = min.saturating_add(expected.unwrap_or(0));
+            if avail < need {
+                let freed = self.evict_bytes(need - avail);
+                if avail + freed < need {
+                    return Err("low_disk_space");
+                }
+            }
+        }
+        self.create_temp().map_err(|e| {
+            self.note_write_failure(&e);
+            "disk_error"
+        })
+    }
+
+    /// Evicts least recently used objects until `bytes` are freed (or the
+    /// index is empty); returns the bytes freed.
+    pub fn evict_bytes(&self, bytes: u64) -> u64 {
+        let (victims, freed) = {
+            let mut idx = self.lock();
+            let mut victims = Vec::new();
+            let mut freed = 0;
+            while freed < bytes {
+                let Some(key) = idx.order.values().next().copied() else {
+                    break;
+                };
+                freed += idx.remove(&key).unwrap_or(0);
+                victims.push(key);
+            }
+            self.publish(&idx);
+            (victims, freed)
+        };
+        self.unlink(victims);
+        freed
     }
 
     pub fn root(&self) -> &Path {

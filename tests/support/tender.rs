@@ -84,6 +84,14 @@ impl TenderProcess {
         metric_value(&self.metrics(), sample)
     }
 
+    /// SIGTERM and wait: tender drains connections and commits fills.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
