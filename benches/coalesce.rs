@@ -48,7 +48,7 @@ fn main() {
             let tasks: Vec<_> = (0..n)
                 .map(|_| {
                     let (a, p) = (addr.clone(), path.clone());
-                    std::thread::spawn(move || support::raw_get(&a, &p))
+                    std::thread::spawn(move || tender::raw_get(&a, &p))
                 })
                 .collect();
             for task in tasks {

@@ -76,7 +76,7 @@ fn main() {
             .into_iter()
             .map(|p| {
                 let a = addr.clone();
-                std::thread::spawn(move || support::raw_get(&a, &p))
+                std::thread::spawn(move || tender::raw_get(&a, &p))
             })
             .collect();
         for th in threads {

@@ -26,7 +26,7 @@ fn throughput(addr: &str, path: &str) -> f64 {
     let threads: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let (a, p) = (addr.to_string(), path.to_string());
-            std::thread::spawn(move || (0..ROUNDS).map(|_| support::raw_get(&a, &p)).sum::<u64>())
+            std::thread::spawn(move || (0..ROUNDS).map(|_| tender::raw_get(&a, &p)).sum::<u64>())
         })
         .collect();
     let bytes: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
@@ -50,7 +50,7 @@ fn main() {
     );
     let path = format!("/v2/library/bench/blobs/{digest}");
     let addr = format!("127.0.0.1:{}", t.port);
-    support::raw_get(&addr, &path); // fill the cache
+    tender::raw_get(&addr, &path); // fill the cache
     assert_eq!(fake.blob_gets(), 1);
 
     let blob_file = tmp
@@ -63,7 +63,7 @@ fn main() {
     let nport = realparts::free_port();
     let _nginx = support::Nginx::start(&tmp.subdir("nginx"), &root, nport);
     let naddr = format!("127.0.0.1:{nport}");
-    support::raw_get(&naddr, "/blob"); // warm up both page caches
+    tender::raw_get(&naddr, "/blob"); // warm up both page caches
 
     let mut results = Vec::new();
     for round in 0..2 {

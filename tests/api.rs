@@ -7,7 +7,7 @@ mod fake;
 
 use std::time::Duration;
 
-use fake::{random_bytes, registry_toml, Daemon, Fake, Fault};
+use fake::{random_bytes, registry_toml, Daemon, Fake, FakeProxy, Fault};
 use reqwest::StatusCode;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -821,4 +821,43 @@ async fn metrics_expose_the_contract_names() {
     ] {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_upstream_uses_its_own_egress_proxy() {
+    let behind_proxy = Fake::start().await;
+    let direct = Fake::start().await;
+    let data = random_bytes(50_000, 11);
+    let digest = behind_proxy.put_blob(data.clone());
+    direct.put_image("org/app", "v1", &[b"d".to_vec()]);
+    let proxy = FakeProxy::start(behind_proxy.addr).await;
+    // The first upstream's name does not resolve: only its proxy can reach it.
+    let toml = format!(
+        "[[registry]]\nhost = \"docker.io\"\ndefault = true\n  [[registry.upstream]]\n  url = \"http://registry.invalid\"\n  proxy = \"http://{}\"\n{}",
+        proxy.addr,
+        registry_toml("quay.io", false, &[&direct.url()])
+    );
+    let d = Daemon::start(&toml, "").await;
+    let r = client()
+        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
+    let seen = proxy.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![format!(
+            "http://registry.invalid/v2/library/app/blobs/{digest}"
+        )]
+    );
+    // Another registry's upstream without a proxy is dialled directly.
+    let r = client()
+        .get(d.url("/v2/org/app/manifests/v1?ns=quay.io"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(proxy.seen.lock().unwrap().len(), 1);
+    assert_eq!(direct.count("GET", "/manifests/v1"), 1);
 }

@@ -167,3 +167,49 @@ fn fsck_finds_a_flipped_byte_removes_the_object_and_exits_non_zero() {
     let (code, out) = fsck(&cache);
     assert_eq!((code, out.contains("2 ok, 0 bad")), (0, true), "{out}");
 }
+
+/// Peak RSS (VmHWM) of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn peak_rss_stays_bounded_with_many_clients_on_large_blobs() {
+    let rt = runtime();
+    let fake = rt.block_on(Fake::start());
+    let big = random_bytes(64 << 20, 200);
+    let digest = fake.put_blob(big);
+    let tmp = realparts::TempDir::new("tender-rss");
+    let t = TenderProcess::start(
+        &tmp.subdir("t"),
+        &registry_toml("docker.io", true, &[&fake.url()]),
+        "",
+    );
+    let addr = format!("127.0.0.1:{}", t.port);
+    let path = format!("/v2/library/app/blobs/{digest}");
+    // 16 clients on the cold blob (one coalesced fill), then 16 on the cached one.
+    for _ in 0..2 {
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                let (a, p) = (addr.clone(), path.clone());
+                std::thread::spawn(move || tender::raw_get(&a, &p))
+            })
+            .collect();
+        for c in clients {
+            assert_eq!(c.join().unwrap(), 64 << 20);
+        }
+    }
+    assert_eq!(fake.blob_gets(), 1);
+    let peak = peak_rss(t.pid());
+    assert!(
+        peak < 64 << 20,
+        "peak RSS {} MiB for 32 x 64 MiB streams",
+        peak >> 20
+    );
+}

@@ -182,3 +182,157 @@ fn docker_style_requests_without_ns_use_the_default_registry() {
         "requests without ns must go to the default registry"
     );
 }
+
+/// An nginx terminating TLS (certificate for IP 127.0.0.1, signed by a CA
+/// made here with openssl) in front of `backend`. Returns (port, CA path).
+struct TlsFront {
+    child: std::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+}
+
+impl TlsFront {
+    fn start(dir: &std::path::Path, backend: &str) -> TlsFront {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tender test CA",
+            ],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat());
+        fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let port = free_port();
+        let d = dir.display();
+        fs::write(
+            dir.join("nginx.conf"),
+            format!(
+                "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{}}\n\
+                 http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+                   fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+                   server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/srv.pem; ssl_certificate_key {d}/srv.key;\n\
+                     location / {{ proxy_pass {backend}; proxy_set_header Host $http_host; proxy_buffering off; }} }} }}\n"
+            ),
+        )
+        .unwrap();
+        let nginx = if std::path::Path::new("/usr/sbin/nginx").exists() {
+            "/usr/sbin/nginx"
+        } else {
+            "nginx"
+        };
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .spawn()
+            .unwrap();
+        assert!(wait_until(std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }));
+        TlsFront {
+            child,
+            port,
+            ca: dir.join("ca.pem"),
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_https_upstream_with_a_private_ca_is_trusted_only_through_its_ca_file() {
+    require_tools(&["docker-registry", "skopeo", "nginx", "openssl"]);
+    let tmp = TempDir::new("tender-e2e-tls");
+    let img = make_oci_layout(&tmp.subdir("layout"), "v1", &[MIB, 100 << 10], 13);
+    let reg = Registry::start(&tmp.subdir("registry"));
+    skopeo_push(&img, &format!("{}/library/tls:v1", reg.host()));
+    let front = TlsFront::start(&tmp.subdir("tls"), &reg.url());
+    let https = format!("https://127.0.0.1:{}", front.port);
+    let toml = |ca: Option<&std::path::Path>| {
+        let mut s = format!("[[registry]]\nhost = \"docker.io\"\ndefault = true\n  [[registry.upstream]]\n  url = \"{https}\"\n");
+        if let Some(ca) = ca {
+            s.push_str(&format!("  ca_file = \"{}\"\n", ca.display()));
+        }
+        s
+    };
+    let untrusting = TenderProcess::start(&tmp.subdir("t1"), &toml(None), "");
+    let r = http_get(&untrusting.url("/v2/library/tls/manifests/v1")).unwrap();
+    assert_eq!(r.status, 503, "an unknown CA must not be trusted");
+    let trusting = TenderProcess::start(&tmp.subdir("t2"), &toml(Some(&front.ca)), "");
+    let r = http_get(&trusting.url("/v2/library/tls/manifests/v1")).unwrap();
+    assert_eq!(r.status, 200, "{}", trusting.log());
+    assert_eq!(
+        r.header("docker-content-digest"),
+        Some(img.manifest_digest.as_str())
+    );
+    let layer = &img.layer_digests[0];
+    let r = http_get(&trusting.url(&format!("/v2/library/tls/blobs/{layer}"))).unwrap();
+    assert_eq!(sha256_digest(&r.body), *layer);
+}

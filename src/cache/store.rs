@@ -675,4 +675,28 @@ mod tests {
         );
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn access_order_survives_a_restart() {
+        let dir = tempdir("order");
+        let (a, b, c) = {
+            let s = store(&dir, 10_000);
+            // File mtimes tick with the kernel's coarse clock: space the writes.
+            let pause = || std::thread::sleep(std::time::Duration::from_millis(30));
+            let a = put_blob(&s, &[1u8; 100]);
+            pause();
+            let b = put_blob(&s, &[2u8; 100]);
+            pause();
+            let c = put_blob(&s, &[3u8; 100]);
+            assert!(s.open_blob(&a).unwrap().is_some()); // a is now the most recently used
+            s.flush_access_times();
+            (a, b, c)
+        };
+        // Restart with a smaller bound: the rebuilt LRU evicts b, the oldest.
+        let s = store(&dir, 250);
+        s.rebuild_index().unwrap();
+        assert!(s.blob_size(&b).unwrap().is_none());
+        assert!(s.blob_size(&a).unwrap().is_some() && s.blob_size(&c).unwrap().is_some());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

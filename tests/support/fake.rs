@@ -551,3 +551,70 @@ pub fn registry_toml(host: &str, default: bool, upstreams: &[&str]) -> String {
     }
     s
 }
+
+/// A forward HTTP proxy that sends every request, whatever host it names,
+/// to `target`, and records the absolute request targets it received.
+pub struct FakeProxy {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeProxy {
+    pub async fn start(target: SocketAddr) -> FakeProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (seen, client) = (seen2.clone(), client.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (seen, client) = (seen.clone(), client.clone());
+                        async move {
+                            seen.lock().unwrap().push(req.uri().to_string());
+                            let pq = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.as_str().to_string())
+                                .unwrap_or_default();
+                            let mut out = client
+                                .request(req.method().clone(), format!("http://{target}{pq}"));
+                            for (k, v) in req.headers() {
+                                if k != "host" && k != "proxy-connection" {
+                                    out = out.header(k, v);
+                                }
+                            }
+                            let r = out.send().await.unwrap();
+                            let mut resp = Response::new(ResponseBody::empty());
+                            *resp.status_mut() = r.status();
+                            *resp.headers_mut() = r.headers().clone();
+                            let body = r.bytes().await.unwrap();
+                            *resp.body_mut() = ResponseBody::full(body);
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        FakeProxy { addr, seen, task }
+    }
+}
+
+impl Drop for FakeProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

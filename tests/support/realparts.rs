@@ -48,6 +48,7 @@ fn package_for(tool: &str) -> &'static str {
         "nginx" => "nginx",
         "wrk" => "wrk",
         "curl" => "curl",
+        "openssl" => "openssl",
         "ip" => "iproute2",
         "unshare" | "nsenter" | "umount" | "mount" => "util-linux",
         _ => "(unknown package)",

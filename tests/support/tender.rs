@@ -109,3 +109,41 @@ impl Drop for TenderProcess {
         self.kill();
     }
 }
+
+/// A lean blocking HTTP/1.1 GET (for load generation that costs little
+/// CPU): returns the body length, read into a reused 1 MiB buffer.
+pub fn raw_get(addr: &str, path: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head = Vec::new();
+    let body_start;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed before headers");
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            body_start = i + 4;
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&head[..body_start]).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    let len: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    let mut got = (head.len() - body_start) as u64;
+    while got < len {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "body ended early at {got} of {len}");
+        got += n as u64;
+    }
+    got
+}

@@ -1,0 +1,140 @@
+//! The command line: config errors before anything listens, the embedded
+//! default, and `containerd-hosts` (idempotent, backs up what was there).
+
+use std::process::Command;
+
+fn tender(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tender"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tender-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn a_bad_config_is_reported_whole_and_nothing_listens() {
+    let dir = tempdir("badconfig");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ncache_max_size = \"lots\"\ntag_ttl = \"-\"\n[[registry]]\nhost = \"Bad Host\"\n  [[registry.upstream]]\n  url = \"ftp://x\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = tender(&["serve", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    for key in [
+        "cache_max_size:",
+        "tag_ttl:",
+        "registry[0].host:",
+        "registry[0].upstream[0].url:",
+    ] {
+        assert!(err.contains(key), "missing {key} in: {err}");
+    }
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing may listen"
+    );
+    let (code, _, err) = tender(&[
+        "serve",
+        "--config",
+        dir.join("missing.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 64);
+    assert!(err.contains("cannot read config file"), "{err}");
+    let (code, _, err) = tender(&["serve", "--bogus", "x"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("unknown flag --bogus"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_embedded_default_config_is_printable_and_valid() {
+    let (code, out, _) = tender(&["print-default-config"]);
+    assert_eq!(code, 0);
+    let c = ::tender::config::Config::parse(&out, "printed").unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:5050");
+    assert_eq!(c.registries.len(), 5);
+}
+
+#[test]
+fn containerd_hosts_is_idempotent_and_backs_up_existing_files() {
+    let dir = tempdir("hosts");
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = tender(&[
+        "containerd-hosts",
+        "--mirror",
+        "http://127.0.0.1:5050",
+        "--dir",
+        d,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for host in [
+        "docker.io",
+        "registry.k8s.io",
+        "gcr.io",
+        "quay.io",
+        "ghcr.io",
+    ] {
+        let text = std::fs::read_to_string(dir.join(host).join("hosts.toml")).unwrap();
+        assert!(text.contains("[host.\"http://127.0.0.1:5050\"]"), "{text}");
+        assert!(
+            text.contains("capabilities = [\"pull\", \"resolve\"]"),
+            "{text}"
+        );
+        let want = if host == "docker.io" {
+            "https://registry-1.docker.io".to_string()
+        } else {
+            format!("https://{host}")
+        };
+        assert!(text.contains(&format!("server = \"{want}\"")), "{text}");
+    }
+    assert!(out.contains("written"));
+    // Second run: nothing changes, nothing is backed up.
+    let (code, out, _) = tender(&[
+        "containerd-hosts",
+        "--mirror",
+        "http://127.0.0.1:5050",
+        "--dir",
+        d,
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(out.matches("unchanged").count(), 5, "{out}");
+    // An operator's own file is kept byte for byte before being replaced.
+    let own = "server = \"https://mirror.corp.example\"\n# mine\n";
+    std::fs::write(dir.join("quay.io/hosts.toml"), own).unwrap();
+    let (code, _, _) = tender(&[
+        "containerd-hosts",
+        "--mirror",
+        "http://127.0.0.1:5050",
+        "--dir",
+        d,
+        "--registry",
+        "quay.io",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("quay.io/hosts.toml.tender-bak")).unwrap(),
+        own
+    );
+    let (code, _, err) = tender(&["containerd-hosts", "--mirror", "ftp://x", "--dir", d]);
+    assert_eq!(code, 64, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
