@@ -155,10 +155,8 @@ async fn a_blob_larger_than_the_free_space_is_streamed_through() {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), data);
     }
-    assert_eq!(
-        d.metric("tender_passthrough_total{reason=\"low_disk_space\"}"),
-        1.0
-    );
+    // Each abandoned fill leaves at once, so a late client may start another.
+    assert!(d.metric("tender_passthrough_total{reason=\"low_disk_space\"}") >= 1.0);
     assert_eq!(temp_files(&d.dir), 0);
 }
 
@@ -213,10 +211,8 @@ async fn the_free_space_watermark_evicts_first_then_streams_through() {
         c,
         "c can never fit: streamed through"
     );
-    assert_eq!(
-        d.metric("tender_passthrough_total{reason=\"low_disk_space\"}"),
-        1.0
-    );
+    // Each abandoned fill leaves at once, so a late client may start another.
+    assert!(d.metric("tender_passthrough_total{reason=\"low_disk_space\"}") >= 1.0);
     assert!(
         fs.free_bytes() >= 4 << 20,
         "the watermark was kept: {} free",
