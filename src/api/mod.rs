@@ -276,6 +276,7 @@ impl App {
     /// A manifest from memory or disk, re-verified when read from disk.
     async fn manifest_local(&self, d: &Digest) -> Option<Arc<Manifest>> {
         if let Some(m) = self.manifests.get(d) {
+            self.store.mark_used(crate::cache::store::Kind::Manifest, d);
             return Some(m);
         }
         let store = self.store.clone();
@@ -368,6 +369,7 @@ impl App {
         if let Some(e) = self.tags.get_mem(&key) {
             if e.is_fresh(self.config.tag_ttl) {
                 if let Some(m) = self.manifests.get(&e.digest) {
+                    self.store.mark_used(crate::cache::store::Kind::Manifest, &m.digest);
                     return Ok((m, "hit"));
                 }
             }
