@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{valid_registry_host, Config};
+use crate::hosts;
 
 const USAGE: &str = "\
 tender: node-local pull-through cache for container images
@@ -14,9 +15,12 @@ usage:
       (listen 127.0.0.1:5050; docker.io, registry.k8s.io, gcr.io, quay.io,
       ghcr.io from their origins; cache in the per-user cache directory).
   tender containerd-hosts --mirror URL --dir DIR [--registry HOST ...] [--config FILE]
+                         [--restore] [--format containerd|k3s|docker|all]
       Write DIR/<registry>/hosts.toml for each registry (default: every
       configured one) so that containerd pulls through tender at URL and falls
-      back to the origin. Existing files are backed up, never overwritten.
+      back to the origin. Existing files are backed up, never overwritten;
+      --restore puts the newest backup back. --format k3s|docker|all prints a
+      K3s registries.yaml, a Docker daemon.json snippet, or everything.
   tender fsck [--cache-dir DIR] [--config FILE]
       Re-hash every cached object; remove and report the bad ones. Exits 1 if
       any was bad.
@@ -77,7 +81,8 @@ struct Flags {
 }
 
 impl Flags {
-    fn parse(args: &[String], known: &[&str]) -> Result<Flags, CliError> {
+    /// `known` flags take a value; `switches` take none (their value is "true").
+    fn parse(args: &[String], known: &[&str], switches: &[&str]) -> Result<Flags, CliError> {
         let mut pairs = Vec::new();
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -86,6 +91,7 @@ impl Flags {
             };
             let (name, value) = match flag.split_once('=') {
                 Some((n, v)) => (n.to_string(), v.to_string()),
+                None if switches.contains(&flag) => (flag.to_string(), "true".to_string()),
                 None => {
                     let v = it
                         .next()
@@ -93,7 +99,7 @@ impl Flags {
                     (flag.to_string(), v.clone())
                 }
             };
-            if !known.contains(&name.as_str()) {
+            if !known.contains(&name.as_str()) && !switches.contains(&name.as_str()) {
                 return Err(CliError::Usage(format!("unknown flag --{name}")));
             }
             pairs.push((name, value));
@@ -125,16 +131,20 @@ fn run(args: &[String]) -> Result<i32, CliError> {
     let rest = &args[1..];
     match cmd.as_str() {
         "serve" => {
-            let flags = Flags::parse(rest, &["config"])?;
+            let flags = Flags::parse(rest, &["config"], &[])?;
             let config = load_config(flags.one("config")?)?;
             serve(config)
         }
         "containerd-hosts" => {
-            let flags = Flags::parse(rest, &["mirror", "dir", "registry", "config"])?;
+            let flags = Flags::parse(
+                rest,
+                &["mirror", "dir", "registry", "config", "format"],
+                &["restore"],
+            )?;
             containerd_hosts(&flags)
         }
         "fsck" => {
-            let flags = Flags::parse(rest, &["cache-dir", "config"])?;
+            let flags = Flags::parse(rest, &["cache-dir", "config"], &[])?;
             let dir = match flags.one("cache-dir")? {
                 Some(d) => PathBuf::from(d),
                 None => load_config(flags.one("config")?)?.cache_dir,
@@ -199,21 +209,10 @@ async fn wait_for_signal() {
     }
 }
 
-/// The origin containerd should fall back to when tender is down.
-fn origin_for(host: &str) -> String {
-    match host {
-        "docker.io" => "https://registry-1.docker.io".to_string(),
-        h => format!("https://{h}"),
-    }
-}
-
 fn containerd_hosts(flags: &Flags) -> Result<i32, CliError> {
     let mirror = flags
         .one("mirror")?
         .ok_or_else(|| CliError::Usage("--mirror URL is required".into()))?;
-    let dir = flags
-        .one("dir")?
-        .ok_or_else(|| CliError::Usage("--dir DIR is required".into()))?;
     match reqwest::Url::parse(mirror) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
         _ => {
@@ -238,72 +237,64 @@ fn containerd_hosts(flags: &Flags) -> Result<i32, CliError> {
             )));
         }
     }
-    for h in &hosts {
-        let path = Path::new(dir).join(h).join("hosts.toml");
-        let text = hosts_toml(h, mirror);
-        match write_with_backup(&path, &text) {
-            Ok(Written::Unchanged) => println!("{}: unchanged", path.display()),
-            Ok(Written::New) => println!("{}: written", path.display()),
-            Ok(Written::Replaced(b)) => println!(
-                "{}: written (previous saved as {})",
-                path.display(),
-                b.display()
-            ),
-            Err(e) => return Err(CliError::Failed(format!("{}: {e}", path.display()))),
+    let restore = match flags.one("restore")? {
+        None => false,
+        Some("true") => true,
+        Some(v) => {
+            return Err(CliError::Usage(format!(
+                "--restore takes no value, got {v:?}"
+            )))
+        }
+    };
+    let format = flags.one("format")?.unwrap_or("containerd");
+    let dir = flags.one("dir")?;
+    match (format, restore) {
+        ("containerd", _) => {
+            let dir = dir.ok_or_else(|| CliError::Usage("--dir DIR is required".into()))?;
+            let dir = Path::new(dir);
+            for h in &hosts {
+                let res = if restore {
+                    hosts::restore(dir, h)
+                } else {
+                    hosts::install(dir, h, mirror)
+                };
+                match res {
+                    Ok(msg) => println!("{}: {msg}", dir.join(h).join("hosts.toml").display()),
+                    Err(e) => {
+                        return Err(CliError::Failed(format!("{}: {e}", dir.join(h).display())))
+                    }
+                }
+            }
+        }
+        (_, true) => {
+            return Err(CliError::Usage(
+                "--restore goes with --format containerd".into(),
+            ))
+        }
+        ("k3s", _) => print!("{}", hosts::k3s_registries_yaml(&hosts, mirror)),
+        ("docker", _) => {
+            if !hosts.iter().any(|h| h == "docker.io") {
+                eprintln!("tender: note: Docker's registry-mirrors apply to docker.io only");
+            }
+            print!("{}", hosts::docker_daemon_json(mirror));
+        }
+        ("all", _) => {
+            for h in &hosts {
+                println!("# --- containerd: <config_path>/{h}/hosts.toml");
+                print!("{}", hosts::hosts_toml(h, mirror));
+            }
+            println!("# --- k3s: /etc/rancher/k3s/registries.yaml");
+            print!("{}", hosts::k3s_registries_yaml(&hosts, mirror));
+            println!("# --- docker: /etc/docker/daemon.json (docker.io only)");
+            print!("{}", hosts::docker_daemon_json(mirror));
+        }
+        (other, _) => {
+            return Err(CliError::Usage(format!(
+                "--format {other:?}: expected containerd, k3s, docker or all"
+            )))
         }
     }
     Ok(0)
-}
-
-pub fn hosts_toml(host: &str, mirror: &str) -> String {
-    format!(
-        "# Written by `tender containerd-hosts`: pull {host} through the node-local tender\n\
-         # mirror; containerd falls back to the origin (server) if tender cannot answer.\n\
-         server = \"{origin}\"\n\
-         \n\
-         [host.\"{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-        origin = origin_for(host)
-    )
-}
-
-enum Written {
-    Unchanged,
-    New,
-    Replaced(PathBuf),
-}
-
-/// Writes `text` to `path` atomically; an existing different file is first
-/// kept as `<name>.tender-bak` (or `.tender-bak.N` if that is taken).
-fn write_with_backup(path: &Path, text: &str) -> std::io::Result<Written> {
-    let dir = path.parent().expect("hosts path has a parent");
-    std::fs::create_dir_all(dir)?;
-    let mut backup = None;
-    match std::fs::read(path) {
-        Ok(old) if old == text.as_bytes() => return Ok(Written::Unchanged),
-        Ok(_) => {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("hosts.toml");
-            let mut b = dir.join(format!("{name}.tender-bak"));
-            let mut n = 1;
-            while b.exists() {
-                b = dir.join(format!("{name}.tender-bak.{n}"));
-                n += 1;
-            }
-            std::fs::copy(path, &b)?;
-            backup = Some(b);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let tmp = dir.join(".hosts.toml.tender-tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(match backup {
-        Some(b) => Written::Replaced(b),
-        None => Written::New,
-    })
 }
 
 fn fsck(dir: &Path) -> Result<i32, CliError> {

@@ -138,3 +138,75 @@ fn containerd_hosts_is_idempotent_and_backs_up_existing_files() {
     assert_eq!(code, 64, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn containerd_hosts_restore_and_the_k3s_and_docker_formats() {
+    let dir = tempdir("restore");
+    let d = dir.to_str().unwrap();
+    let own = b"server = \"https://registry-1.docker.io\"\n[host.\"https://corp-mirror\"]\n  capabilities = [\"pull\"]\n".to_vec();
+    std::fs::create_dir_all(dir.join("docker.io")).unwrap();
+    std::fs::write(dir.join("docker.io/hosts.toml"), &own).unwrap();
+    let (code, _, err) = tender(&[
+        "containerd-hosts",
+        "--mirror",
+        "http://127.0.0.1:5050",
+        "--dir",
+        d,
+        "--registry",
+        "docker.io",
+        "--registry",
+        "quay.io",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = tender(&[
+        "containerd-hosts",
+        "--mirror",
+        "http://127.0.0.1:5050",
+        "--dir",
+        d,
+        "--registry",
+        "docker.io",
+        "--registry",
+        "quay.io",
+        "--restore",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("restored from"), "{out}");
+    assert_eq!(
+        std::fs::read(dir.join("docker.io/hosts.toml")).unwrap(),
+        own,
+        "byte for byte"
+    );
+    assert!(
+        !dir.join("quay.io/hosts.toml").exists(),
+        "a file tender created from nothing is removed"
+    );
+
+    let (code, yaml, _) = tender(&[
+        "containerd-hosts",
+        "--mirror",
+        "http://127.0.0.1:5050",
+        "--format",
+        "k3s",
+        "--registry",
+        "docker.io",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        yaml.contains(
+            "mirrors:\n  \"docker.io\":\n    endpoint:\n      - \"http://127.0.0.1:5050\""
+        ),
+        "{yaml}"
+    );
+    let (code, json, _) = tender(&[
+        "containerd-hosts",
+        "--mirror",
+        "http://127.0.0.1:5050",
+        "--format",
+        "docker",
+    ]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["registry-mirrors"][0], "http://127.0.0.1:5050");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
