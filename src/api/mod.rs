@@ -369,7 +369,8 @@ impl App {
         if let Some(e) = self.tags.get_mem(&key) {
             if e.is_fresh(self.config.tag_ttl) {
                 if let Some(m) = self.manifests.get(&e.digest) {
-                    self.store.mark_used(crate::cache::store::Kind::Manifest, &m.digest);
+                    self.store
+                        .mark_used(crate::cache::store::Kind::Manifest, &m.digest);
                     return Ok((m, "hit"));
                 }
             }
