@@ -10,7 +10,7 @@ const USAGE: &str = "\
 tender: node-local pull-through cache for container images
 
 usage:
-  tender serve [--config FILE]
+  tender serve [--config FILE] [--log-format text|json]
       Serve the OCI pull API. Without --config, an embedded default is used
       (listen 127.0.0.1:5050; docker.io, registry.k8s.io, gcr.io, quay.io,
       ghcr.io from their origins; cache in the per-user cache directory).
@@ -27,14 +27,22 @@ usage:
   tender print-default-config
   tender --version
 
-Logging: TENDER_LOG sets the level filter (e.g. info, debug, tender=debug).
+Logging: TENDER_LOG sets the level filter (e.g. info, debug, tender=debug);
+TENDER_LOG_FORMAT=json (or serve --log-format json) writes JSON lines.
+Signals (serve): SIGTERM/SIGINT drain and stop; SIGHUP reloads registries
+and upstreams from the config file.
 ";
 
 pub const EX_USAGE: i32 = 64;
 
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    init_tracing();
+    let json = std::env::var("TENDER_LOG_FORMAT").is_ok_and(|v| v == "json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json");
+    init_tracing(json);
     match run(&args) {
         Ok(code) => code,
         Err(CliError::Usage(msg)) => {
@@ -58,21 +66,27 @@ enum CliError {
     Failed(String),
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     let filter: Targets = std::env::var("TENDER_LOG")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| "info".parse().expect("valid default filter"));
-    let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(false),
-        )
-        .with(filter)
-        .try_init();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let _ = if json {
+        tracing_subscriber::registry()
+            .with(fmt.json().flatten_event(true))
+            .with(filter)
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(fmt)
+            .with(filter)
+            .try_init()
+    };
 }
 
 /// Minimal flag parsing: `--flag value` or `--flag=value`, repeatable.
@@ -131,9 +145,18 @@ fn run(args: &[String]) -> Result<i32, CliError> {
     let rest = &args[1..];
     match cmd.as_str() {
         "serve" => {
-            let flags = Flags::parse(rest, &["config"], &[])?;
-            let config = load_config(flags.one("config")?)?;
-            serve(config)
+            let flags = Flags::parse(rest, &["config", "log-format"], &[])?;
+            match flags.one("log-format")? {
+                None | Some("text") | Some("json") => {}
+                Some(f) => {
+                    return Err(CliError::Usage(format!(
+                        "--log-format {f:?}: expected text or json"
+                    )))
+                }
+            }
+            let path = flags.one("config")?.map(PathBuf::from);
+            let config = load_config(path.as_deref().and_then(Path::to_str))?;
+            serve(config, path)
         }
         "containerd-hosts" => {
             let flags = Flags::parse(
@@ -171,7 +194,7 @@ fn load_config(path: Option<&str>) -> Result<Config, CliError> {
     Config::load(path.map(Path::new)).map_err(|e| CliError::Config(e.to_string()))
 }
 
-fn serve(config: Config) -> Result<i32, CliError> {
+fn serve(config: Config, path: Option<PathBuf>) -> Result<i32, CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -187,25 +210,46 @@ fn serve(config: Config) -> Result<i32, CliError> {
             registries = app.config.registries.len(),
             "serving"
         );
-        wait_for_signal().await;
-        tracing::info!("shutting down: draining in-flight requests");
+        handle_signals(&app, path.as_deref()).await;
+        tracing::info!("shutting down: draining in-flight requests and fills");
         running.shutdown().await;
         Ok(0)
     })
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or SIGINT; on SIGHUP reloads registries and upstreams
+/// from the config file (a config that does not validate is reported and
+/// the running one kept).
+async fn handle_signals(app: &std::sync::Arc<crate::api::App>, path: Option<&Path>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                let Some(p) = path else {
+                    tracing::info!("SIGHUP: running on the embedded default config; nothing to reload");
+                    continue;
+                };
+                let p = p.to_path_buf();
+                match tokio::task::spawn_blocking(move || Config::load(Some(&p))).await {
+                    Ok(Ok(c)) => {
+                        if let Err(e) = app.reload(&c) {
+                            tracing::error!(error = %e, "reload failed; keeping the running config");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "reload: invalid config; keeping the running one"),
+                    Err(e) => tracing::error!(error = %e, "reload task failed"),
+                }
+            }
+        }
     }
 }
 

@@ -31,6 +31,33 @@ use error::{fetch_error, ApiError};
 use path::{Reference, Route};
 use range::RangeSpec;
 
+/// Registries by host, and the one serving requests without `ns`.
+pub struct Routes {
+    registries: HashMap<String, Arc<RegistryCtx>>,
+    default: Option<Arc<RegistryCtx>>,
+}
+
+impl Routes {
+    fn build(config: &Config, metrics: &Arc<Metrics>) -> Result<Routes, String> {
+        let mut registries = HashMap::new();
+        let mut default = None;
+        for r in &config.registries {
+            let ctx = Arc::new(RegistryCtx {
+                host: r.host.clone(),
+                upstreams: Arc::new(Upstreams::new(r, config.timeouts, metrics)?),
+            });
+            if r.default {
+                default = Some(ctx.clone());
+            }
+            registries.insert(r.host.clone(), ctx);
+        }
+        Ok(Routes {
+            registries,
+            default,
+        })
+    }
+}
+
 pub struct RegistryCtx {
     pub host: String,
     pub upstreams: Arc<Upstreams>,
@@ -45,8 +72,9 @@ struct TagOutcome {
 /// The daemon's state, shared by every connection.
 pub struct App {
     pub config: Config,
-    registries: HashMap<String, Arc<RegistryCtx>>,
-    default: Option<Arc<RegistryCtx>>,
+    /// Swapped whole on reload (SIGHUP); requests in flight keep the routes
+    /// they started with.
+    routes: std::sync::RwLock<Arc<Routes>>,
     pub store: Arc<Store>,
     pub fills: Arc<Fills>,
     pub tags: Tags,
@@ -74,18 +102,7 @@ impl App {
         );
         let tags = Tags::new(config.cache_dir.join("tags"))
             .map_err(|e| format!("cache_dir {}: {e}", config.cache_dir.display()))?;
-        let mut registries = HashMap::new();
-        let mut default = None;
-        for r in &config.registries {
-            let ctx = Arc::new(RegistryCtx {
-                host: r.host.clone(),
-                upstreams: Arc::new(Upstreams::new(r, config.timeouts, &metrics)?),
-            });
-            if r.default {
-                default = Some(ctx.clone());
-            }
-            registries.insert(r.host.clone(), ctx);
-        }
+        let routes = std::sync::RwLock::new(Arc::new(Routes::build(&config, &metrics)?));
         let fills = Arc::new(Fills::default());
         Ok(Arc::new(App {
             fill_ctx: FillContext {
@@ -94,8 +111,7 @@ impl App {
                 fills: fills.clone(),
             },
             config,
-            registries,
-            default,
+            routes,
             store,
             fills,
             tags,
@@ -104,6 +120,33 @@ impl App {
             digest_flights: Arc::default(),
             metrics,
         }))
+    }
+
+    /// Replaces the registries and their upstreams with those of `config`
+    /// (SIGHUP). Requests already under way finish with the old ones. Other
+    /// settings need a restart; a change to them is reported and ignored.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let routes = Routes::build(config, &self.metrics)?;
+        let old = &self.config;
+        let mut ignored = Vec::new();
+        if config.listen != old.listen || config.metrics_listen != old.metrics_listen {
+            ignored.push("listen/metrics_listen");
+        }
+        if config.cache_dir != old.cache_dir || config.cache_max_size != old.cache_max_size {
+            ignored.push("cache_dir/cache_max_size");
+        }
+        if config.tag_ttl != old.tag_ttl || config.min_free_space != old.min_free_space {
+            ignored.push("tag_ttl/min_free_space");
+        }
+        if !ignored.is_empty() {
+            tracing::warn!(settings = ?ignored, "these settings change only on restart");
+        }
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        tracing::info!(
+            registries = config.registries.len(),
+            "registries and upstreams reloaded"
+        );
+        Ok(())
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
@@ -213,12 +256,17 @@ impl App {
     /// The registry a request is for: `ns` if given (closed world: only
     /// configured registries), else the default registry.
     fn registry(&self, query: Option<&str>) -> Result<Arc<RegistryCtx>, ApiError> {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         match path::query_param(query, "ns") {
-            None => self.default.clone().ok_or(ApiError::NoDefaultRegistry),
+            None => routes.default.clone().ok_or(ApiError::NoDefaultRegistry),
             Some(Err(())) => Err(ApiError::BadNamespace),
             Some(Ok(ns)) => {
                 let ns = ns.to_ascii_lowercase();
-                self.registries.get(&ns).cloned().ok_or_else(|| {
+                routes.registries.get(&ns).cloned().ok_or_else(|| {
                     let shown: String = ns.chars().take(255).collect();
                     ApiError::UnknownNamespace(shown)
                 })

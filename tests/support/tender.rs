@@ -31,6 +31,15 @@ impl TenderProcess {
     }
 
     pub fn start_with_config(dir: &Path, config_path: &Path, port: u16) -> TenderProcess {
+        TenderProcess::start_with_env(dir, config_path, port, &[])
+    }
+
+    pub fn start_with_env(
+        dir: &Path,
+        config_path: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> TenderProcess {
         let log_path = dir.join(format!("tender-{port}.log"));
         let log = fs::OpenOptions::new()
             .create(true)
@@ -41,6 +50,7 @@ impl TenderProcess {
             .args(["serve", "--config"])
             .arg(config_path)
             .env("TENDER_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -90,6 +100,20 @@ impl TenderProcess {
             .arg(self.child.id().to_string())
             .status();
         let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig}");
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.child.wait().ok().and_then(|s| s.code())
     }
 
     pub fn kill(&mut self) {
