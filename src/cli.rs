@@ -24,6 +24,12 @@ usage:
   tender fsck [--cache-dir DIR] [--config FILE]
       Re-hash every cached object; remove and report the bad ones. Exits 1 if
       any was bad.
+  tender prefetch IMAGE... [--url URL | --config FILE] [--platform os/arch]
+      Pull images through a running tender to warm its cache (from a
+      multi-arch index, only the node's platform). URL defaults to the
+      config's listen address.
+  tender status [--url URL | --config FILE]
+      Cache size, entries, hit ratio and in-flight fetches of a running tender.
   tender print-default-config
   tender --version
 
@@ -173,6 +179,56 @@ fn run(args: &[String]) -> Result<i32, CliError> {
                 None => load_config(flags.one("config")?)?.cache_dir,
             };
             fsck(&dir)
+        }
+        "prefetch" => {
+            let (images, flags): (Vec<String>, Vec<String>) = {
+                let mut images = Vec::new();
+                let mut flags = Vec::new();
+                let mut it = rest.iter();
+                while let Some(a) = it.next() {
+                    if a.starts_with("--") {
+                        flags.push(a.clone());
+                        if !a.contains('=') {
+                            if let Some(v) = it.next() {
+                                flags.push(v.clone());
+                            }
+                        }
+                    } else {
+                        images.push(a.clone());
+                    }
+                }
+                (images, flags)
+            };
+            let flags = Flags::parse(&flags, &["url", "config", "platform"], &[])?;
+            if images.is_empty() {
+                return Err(CliError::Usage("prefetch needs at least one IMAGE".into()));
+            }
+            let refs = images
+                .iter()
+                .map(|i| crate::prefetch::parse_ref(i).map_err(CliError::Usage))
+                .collect::<Result<Vec<_>, _>>()?;
+            let base = base_url(&flags)?;
+            let platform = match flags.one("platform")? {
+                None => {
+                    let (os, arch) = crate::prefetch::node_platform();
+                    (os.to_string(), arch.to_string())
+                }
+                Some(p) => match p.split_once('/') {
+                    Some((o, a)) if !o.is_empty() && !a.is_empty() => {
+                        (o.to_string(), a.to_string())
+                    }
+                    _ => {
+                        return Err(CliError::Usage(format!(
+                            "--platform {p:?}: expected os/arch"
+                        )))
+                    }
+                },
+            };
+            prefetch_cmd(&base, &refs, (&platform.0, &platform.1))
+        }
+        "status" => {
+            let flags = Flags::parse(rest, &["url", "config"], &[])?;
+            status_cmd(&base_url(&flags)?)
         }
         "print-default-config" => {
             print!("{}", crate::config::DEFAULT_CONFIG);
@@ -414,4 +470,179 @@ fn kind_name(k: crate::cache::store::Kind) -> &'static str {
         crate::cache::store::Kind::Blob => "blob",
         crate::cache::store::Kind::Manifest => "manifest",
     }
+}
+
+/// The running tender to talk to: `--url`, else the config's listen address.
+fn base_url(flags: &Flags) -> Result<String, CliError> {
+    if let Some(u) = flags.one("url")? {
+        return Ok(u.trim_end_matches('/').to_string());
+    }
+    let c = load_config(flags.one("config")?)?;
+    let mut addr = c.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(format!("http://{addr}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("runtime: {e}")))
+}
+
+fn prefetch_cmd(
+    base: &str,
+    refs: &[crate::prefetch::ImageRef],
+    platform: (&str, &str),
+) -> Result<i32, CliError> {
+    use crate::prefetch::Event;
+    use std::io::Write;
+    // SAFETY: isatty only inspects the file descriptor.
+    let tty = unsafe { libc::isatty(2) } == 1;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let mut failed = 0;
+    runtime()?.block_on(async {
+        for r in refs {
+            let started = std::time::Instant::now();
+            let mut progress = |ev: Event<'_>| {
+                let mut err = std::io::stderr();
+                match ev {
+                    Event::Manifest { image, digest } => {
+                        let _ = writeln!(err, "{image}: manifest {digest}");
+                    }
+                    Event::BlobProgress {
+                        index,
+                        count,
+                        digest,
+                        done,
+                        total,
+                    } if tty => {
+                        let pct = (done * 100).checked_div(total).unwrap_or(0);
+                        let _ = write!(
+                            err,
+                            "\r  [{}/{count}] {} {pct:>3}% {:.1}/{:.1} MiB   ",
+                            index + 1,
+                            short(digest),
+                            mib(done),
+                            mib(total)
+                        );
+                    }
+                    Event::BlobProgress { .. } => {}
+                    Event::BlobDone {
+                        index,
+                        count,
+                        digest,
+                        bytes,
+                    } => {
+                        if tty {
+                            let _ = write!(err, "\r");
+                        }
+                        let _ = writeln!(
+                            err,
+                            "  [{}/{count}] {} {:.1} MiB done          ",
+                            index + 1,
+                            short(digest),
+                            mib(bytes)
+                        );
+                    }
+                }
+            };
+            match crate::prefetch::prefetch(&client, base, r, platform, &mut progress).await {
+                Ok(bytes) => println!(
+                    "{r}: ok, {:.1} MiB in {:.1}s",
+                    mib(bytes),
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => {
+                    failed += 1;
+                    println!("{r}: FAILED: {e}");
+                }
+            }
+        }
+    });
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(19)]
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+fn status_cmd(base: &str) -> Result<i32, CliError> {
+    let url = format!("{base}/metrics");
+    let text = runtime()?.block_on(async {
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let r = c
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("{url}: HTTP {}", r.status()));
+        }
+        r.text().await.map_err(|e| format!("{url}: {e}"))
+    });
+    let text = text.map_err(|e| CliError::Failed(format!("tender is not answering: {e}")))?;
+    let sum = |prefix: &str, filter: &dyn Fn(&str) -> bool| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && filter(l))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    };
+    let requests = |result: &str| {
+        sum("tender_requests_total{", &|l: &str| {
+            l.contains(&format!("result=\"{result}\""))
+        })
+    };
+    let (hit, miss, coalesced, error) = (
+        requests("hit"),
+        requests("miss"),
+        requests("coalesced"),
+        requests("error"),
+    );
+    let served = hit + miss + coalesced;
+    let ratio = if served > 0.0 {
+        hit / served * 100.0
+    } else {
+        0.0
+    };
+    let from_cache = sum("tender_bytes_served_total{", &|l: &str| {
+        l.contains("source=\"cache\"")
+    });
+    let from_upstream = sum("tender_bytes_served_total{", &|l: &str| {
+        l.contains("source=\"upstream\"")
+    });
+    println!("tender at {base}");
+    println!(
+        "  cache size       {:.1} MiB in {} objects",
+        mib(sum("tender_cache_size_bytes", &|_| true) as u64),
+        sum("tender_cache_entries", &|_| true)
+    );
+    println!("  hit ratio        {ratio:.1}% ({hit} hits, {miss} misses, {coalesced} coalesced, {error} errors)");
+    println!(
+        "  bytes served     {:.1} MiB from cache, {:.1} MiB from upstreams",
+        mib(from_cache as u64),
+        mib(from_upstream as u64)
+    );
+    println!(
+        "  in-flight        {} fetches",
+        sum("tender_inflight_fetches", &|_| true)
+    );
+    println!(
+        "  evictions        {}",
+        sum("tender_cache_evictions_total", &|_| true)
+    );
+    Ok(0)
 }

@@ -23,6 +23,14 @@ pub struct Config {
     pub min_free_space: crate::cache::store::FreeSpace,
     pub timeouts: Timeouts,
     pub registries: Vec<Registry>,
+    /// Images to keep warm, re-pulled through tender on a schedule.
+    pub prefetch: Option<Prefetch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Prefetch {
+    pub images: Vec<crate::prefetch::ImageRef>,
+    pub interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +115,14 @@ struct RawConfig {
     stall_timeout: Option<String>,
     #[serde(default)]
     registry: Vec<RawRegistry>,
+    prefetch: Option<RawPrefetch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrefetch {
+    images: Vec<String>,
+    interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +297,36 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         ));
     }
 
+    let prefetch = raw.prefetch.map(|p| {
+        let mut images = Vec::new();
+        for (i, img) in p.images.iter().enumerate() {
+            match crate::prefetch::parse_ref(img) {
+                Ok(r) => {
+                    if !registries.iter().any(|x: &Registry| x.host == r.registry) {
+                        problems.push(format!(
+                            "prefetch.images[{i}]: registry {:?} is not configured",
+                            r.registry
+                        ));
+                    }
+                    images.push(r);
+                }
+                Err(e) => problems.push(format!("prefetch.images[{i}]: {e}")),
+            }
+        }
+        let interval = match parse_duration(p.interval.as_deref().unwrap_or("6h")) {
+            Ok(d) if d >= Duration::from_secs(60) => d,
+            Ok(_) => {
+                problems.push("prefetch.interval: must be at least 1m".into());
+                Duration::from_secs(3600)
+            }
+            Err(e) => {
+                problems.push(format!("prefetch.interval: {e}"));
+                Duration::from_secs(3600)
+            }
+        };
+        Prefetch { images, interval }
+    });
+
     Config {
         listen,
         metrics_listen,
@@ -290,6 +336,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         min_free_space,
         timeouts,
         registries,
+        prefetch,
     }
 }
 

@@ -7,5 +7,6 @@ pub mod config;
 pub mod digest;
 pub mod hosts;
 pub mod metrics;
+pub mod prefetch;
 pub mod server;
 pub mod upstream;

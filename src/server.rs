@@ -33,12 +33,16 @@ pub struct Running {
     pub app: Arc<App>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    prefetcher: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight responses finish (bounded by the
     /// grace period), then returns.
     pub async fn shutdown(mut self) {
+        if let Some(p) = self.prefetcher.take() {
+            p.abort();
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -98,13 +102,47 @@ pub async fn start(config: Config) -> Result<Running, String> {
         .await
     });
     tracing::info!(%addr, metrics = ?metrics_addr, "tender listening");
+    let prefetcher = app.config.prefetch.clone().map(|p| {
+        let mut own = addr;
+        if own.ip().is_unspecified() {
+            own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        tokio::spawn(scheduled_prefetch(format!("http://{own}"), p))
+    });
     Ok(Running {
         addr,
         metrics_addr,
         app,
         stop: Some(stop_tx),
         task,
+        prefetcher,
     })
+}
+
+/// Pulls the configured images through this tender now and then every
+/// `interval`, so that a node has them before its pods ask.
+async fn scheduled_prefetch(base: String, p: crate::config::Prefetch) {
+    let client = match reqwest::Client::builder().no_proxy().build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "prefetch disabled: no HTTP client");
+            return;
+        }
+    };
+    let platform = crate::prefetch::node_platform();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    loop {
+        for image in &p.images {
+            let started = std::time::Instant::now();
+            match crate::prefetch::prefetch(&client, &base, image, platform, &mut |_| {}).await {
+                Ok(bytes) => {
+                    tracing::info!(image = %image, bytes, ms = started.elapsed().as_millis() as u64, "prefetched")
+                }
+                Err(e) => tracing::warn!(image = %image, error = %e, "prefetch failed"),
+            }
+        }
+        tokio::time::sleep(p.interval).await;
+    }
 }
 
 /// Serves until `shutdown` resolves, then drains.

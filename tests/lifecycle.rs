@@ -135,3 +135,143 @@ fn json_logs_are_one_object_per_line() {
     }
     assert_eq!(request_lines, 1, "{log}");
 }
+
+/// An index with linux/amd64 and linux/arm64 images (distinct layers).
+fn put_multiarch(fake: &Fake) -> (Vec<String>, Vec<String>) {
+    let mut per_arch = Vec::new();
+    let mut entries = Vec::new();
+    for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
+        let (md, layers) = fake.put_image(
+            &format!("library/multi-{arch}"),
+            "x",
+            &[random_bytes(30_000, 40 + i as u64)],
+        );
+        // Serve the per-arch manifest under the multi repository too.
+        let body = realparts_manifest(fake, &format!("library/multi-{arch}"), &md);
+        fake.put_manifest(
+            "library/multi",
+            None,
+            "application/vnd.oci.image.manifest.v1+json",
+            body.clone(),
+        );
+        entries.push(format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{},"platform":{{"os":"linux","architecture":"{arch}"}}}}"#,
+            body.len()
+        ));
+        let config = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["config"]
+            ["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        per_arch.push(std::iter::once(config).chain(layers).collect::<Vec<_>>());
+    }
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        entries.join(",")
+    );
+    fake.put_manifest(
+        "library/multi",
+        Some("v1"),
+        "application/vnd.oci.image.index.v1+json",
+        index,
+    );
+    let arm = per_arch.pop().unwrap();
+    let amd = per_arch.pop().unwrap();
+    (amd, arm)
+}
+
+fn realparts_manifest(fake: &Fake, repo: &str, digest: &str) -> Vec<u8> {
+    let url = format!("{}/v2/{repo}/manifests/{digest}", fake.url());
+    realparts::http_get(&url).unwrap().body
+}
+
+#[test]
+fn prefetch_warms_the_cache_with_only_the_requested_platform() {
+    let rt = runtime();
+    let fake = rt.block_on(Fake::start());
+    let (amd, arm) = put_multiarch(&fake);
+    fake.clear_log();
+    let tmp = realparts::TempDir::new("tender-prefetch");
+    let t = TenderProcess::start(
+        &tmp.subdir("t"),
+        &registry_toml("docker.io", true, &[&fake.url()]),
+        "",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tender"))
+        .args([
+            "prefetch",
+            "multi:v1",
+            "--url",
+            &t.base(),
+            "--platform",
+            "linux/arm64",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("docker.io/library/multi:v1: ok"),
+        "{stdout}"
+    );
+    for d in &arm {
+        assert_eq!(
+            fake.count("GET", &format!("/blobs/{d}")),
+            1,
+            "arm64 blob {d} fetched once"
+        );
+    }
+    let amd_only: Vec<_> = amd.iter().filter(|d| !arm.contains(d)).collect();
+    assert!(!amd_only.is_empty());
+    for d in amd_only {
+        assert_eq!(
+            fake.count("GET", &format!("/blobs/{d}")),
+            0,
+            "amd64 blob {d} must not be fetched"
+        );
+    }
+    // Now a pod's pull of those blobs is a hit.
+    let before = t.metric("tender_requests_total{kind=\"blob\",result=\"hit\"}");
+    realparts::http_get(&t.url(&format!("/v2/library/multi/blobs/{}", arm[1]))).unwrap();
+    assert_eq!(
+        t.metric("tender_requests_total{kind=\"blob\",result=\"hit\"}"),
+        before + 1.0
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tender"))
+        .args(["status", "--url", &t.base()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("hit ratio") && stdout.contains("in-flight"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn configured_prefetch_runs_when_tender_starts() {
+    let rt = runtime();
+    let fake = rt.block_on(Fake::start());
+    let (_, layers) = fake.put_image(
+        "library/warm",
+        "v1",
+        &[random_bytes(20_000, 50), random_bytes(20_000, 51)],
+    );
+    let tmp = realparts::TempDir::new("tender-prefetch-cfg");
+    let _t = TenderProcess::start(
+        &tmp.subdir("t"),
+        &format!(
+            "{}\n[prefetch]\nimages = [\"docker.io/library/warm:v1\"]\ninterval = \"1h\"\n",
+            registry_toml("docker.io", true, &[&fake.url()])
+        ),
+        "",
+    );
+    assert!(realparts::wait_until(Duration::from_secs(10), || layers
+        .iter()
+        .all(|l| fake.count("GET", &format!("/blobs/{l}")) == 1)));
+}
