@@ -28,6 +28,10 @@ usage:
       Pull images through a running tender to warm its cache (from a
       multi-arch index, only the node's platform). URL defaults to the
       config's listen address.
+  tender doctor [--containerd-config FILE] [--hosts-dir DIR] [--mirror URL] [--config FILE]
+      Check this node: containerd's config_path, the hosts files pointing at
+      tender, tender answering, and settings that bypass mirrors; each problem
+      with its fix. Exits 1 if any problem was found.
   tender status [--url URL | --config FILE]
       Cache size, entries, hit ratio and in-flight fetches of a running tender.
   tender print-default-config
@@ -226,6 +230,14 @@ fn run(args: &[String]) -> Result<i32, CliError> {
             };
             prefetch_cmd(&base, &refs, (&platform.0, &platform.1))
         }
+        "doctor" => {
+            let flags = Flags::parse(
+                rest,
+                &["containerd-config", "hosts-dir", "mirror", "config"],
+                &[],
+            )?;
+            doctor_cmd(&flags)
+        }
         "status" => {
             let flags = Flags::parse(rest, &["url", "config"], &[])?;
             status_cmd(&base_url(&flags)?)
@@ -408,7 +420,9 @@ fn fsck(dir: &Path) -> Result<i32, CliError> {
         )));
     }
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-    let store = Store::open(dir, u64::MAX, metrics).map_err(|e| CliError::Failed(e.to_string()))?;
+    // Shared: a running tender's fills own the temp files.
+    let store =
+        Store::open_shared(dir, u64::MAX, metrics).map_err(|e| CliError::Failed(e.to_string()))?;
     let objects = store.list().map_err(|e| CliError::Failed(e.to_string()))?;
     let (mut ok, mut bad) = (0usize, 0usize);
     for (kind, d, path) in objects {
@@ -645,4 +659,26 @@ fn status_cmd(base: &str) -> Result<i32, CliError> {
         sum("tender_cache_evictions_total", &|_| true)
     );
     Ok(0)
+}
+
+fn doctor_cmd(flags: &Flags) -> Result<i32, CliError> {
+    use crate::doctor;
+    let containerd_config = flags
+        .one("containerd-config")?
+        .unwrap_or(doctor::DEFAULT_CONTAINERD_CONFIG);
+    let cfg = load_config(flags.one("config")?)?;
+    let registries: Vec<String> = cfg.registries.iter().map(|r| r.host.clone()).collect();
+    let mirror = flags
+        .one("mirror")?
+        .map(str::to_string)
+        .unwrap_or_else(|| doctor::mirror_from_listen(cfg.listen));
+    let inputs = doctor::gather(
+        Path::new(containerd_config),
+        flags.one("hosts-dir")?.map(Path::new),
+        &registries,
+        &mirror,
+    );
+    let findings = doctor::diagnose(&inputs);
+    print!("{}", doctor::render(&findings));
+    Ok(doctor::exit_code(&findings))
 }

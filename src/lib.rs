@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod doctor;
 pub mod hosts;
 pub mod metrics;
 pub mod prefetch;

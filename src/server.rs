@@ -176,6 +176,8 @@ pub async fn serve(
     }
     if let Some(t) = metrics_task {
         t.abort();
+        // Wait for it to drop its handle on `graceful`, which we unwrap below.
+        let _ = t.await;
     }
     flusher.abort();
     let store = app.store.clone();

@@ -261,3 +261,53 @@ async fn a_blob_larger_than_the_whole_cache_is_streamed_through_without_being_ke
     assert_eq!(get(url, None).await.unwrap(), data);
     assert_eq!(fake.blob_gets(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_from_another_repository_is_not_failed_by_the_leaders_not_found() {
+    let fake = Fake::start().await;
+    let data = random_bytes(100_000, 30);
+    let digest = fake.put_blob(data.clone());
+    fake.set_fault(Fault {
+        blob_repo: Some("library/app".into()),
+        blob_delay: Some(Duration::from_millis(300)),
+        ..Fault::default()
+    });
+    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    // The leader asks under a repository that does not have the blob ...
+    let wrong = tokio::spawn(get(d.url(&format!("/v2/nope/blobs/{digest}")), None));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ... and a client of the right repository joins its fill meanwhile.
+    let right = tokio::spawn(get(d.url(&format!("/v2/library/app/blobs/{digest}")), None));
+    assert!(wrong.await.unwrap().is_err());
+    assert_eq!(right.await.unwrap().unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_body_for_a_non_empty_digest_is_never_a_complete_response() {
+    let fake = Fake::start().await;
+    let digest = fake.put_blob(random_bytes(1000, 31));
+    fake.set_fault(Fault {
+        empty_blobs: true,
+        ..Fault::default()
+    });
+    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let r = client()
+        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_server_error(),
+        "a lying empty body must fail, got {}",
+        r.status()
+    );
+    // The real empty blob is served (and verified).
+    let empty = fake.put_blob(Vec::new());
+    let r = client()
+        .get(d.url(&format!("/v2/library/app/blobs/{empty}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+}

@@ -395,6 +395,10 @@ impl App {
         let (res, joined) = self
             .digest_flights
             .run(d, move || async move {
+                // Another flight may have stored it since our lookup.
+                if let Some(m) = app.manifest_local(&d).await {
+                    return Ok(m);
+                }
                 let fm = reg
                     .upstreams
                     .get_manifest(&name, &d.to_string(), Some(&d))
@@ -556,19 +560,37 @@ impl App {
                 None => blob_headers(Response::new(ResponseBody::empty()), &digest),
             });
         }
-        let (fill, leader) =
+        let (mut fill, mut leader) =
             self.fills
                 .join_or_start(&self.fill_ctx, reg.upstreams.clone(), name, digest);
+        let mut started = fill.started().await;
+        // Joined a fill for another repository or registry that could not
+        // find (or may not read) the blob: ask our own upstreams once.
+        if matches!(started, Err(FetchError::NotFound | FetchError::Denied(_)))
+            && !fill.fetches_as(&reg.host, name)
+        {
+            (fill, leader) =
+                self.fills
+                    .join_or_start(&self.fill_ctx, reg.upstreams.clone(), name, digest);
+            started = fill.started().await;
+        }
         info.result = match (leader, fill.is_complete()) {
             (true, _) => "miss",
             // Verified and about to be committed: as good as a hit.
             (false, true) => "hit",
             (false, false) => "coalesced",
         };
-        let total = fill
-            .started()
-            .await
-            .map_err(|e| fetch_error(e, ApiError::BlobUnknown))?;
+        let mut total = started.map_err(|e| fetch_error(e, ApiError::BlobUnknown))?;
+        if total == Some(0) {
+            // A zero-length answer is complete the moment its headers are
+            // sent, so it must be verified first (it is instant for the
+            // real empty blob, and fails for a lying upstream).
+            total = Some(
+                fill.finished()
+                    .await
+                    .map_err(|e| fetch_error(e, ApiError::BlobUnknown))?,
+            );
+        }
         let counter = self.served_counter(info.result);
         let (tx, rx) = mpsc::channel(1);
         let resp = match total {
@@ -578,17 +600,10 @@ impl App {
                 tokio::spawn(async move { fill.stream(start, Some(end), tx).await });
                 plan.response(ResponseBody::stream(rx).counted(counter))
             }
-            None if range.is_some() => {
-                // No length from upstream: a range can only be placed once the fill ends.
-                let size = fill
-                    .finished()
-                    .await
-                    .map_err(|e| fetch_error(e, ApiError::BlobUnknown))?;
-                let plan = BlobPlan::new(digest, size, range)?;
-                let (start, end) = (plan.start, plan.end);
-                tokio::spawn(async move { fill.stream(start, Some(end), tx).await });
-                plan.response(ResponseBody::stream(rx).counted(counter))
-            }
+            // No length from upstream: a range cannot be placed before the
+            // fill ends, and waiting for that would stall the client. Serve
+            // the whole body (RFC 9110 lets a server ignore Range; containerd
+            // then skips to its offset).
             None => {
                 tokio::spawn(async move { fill.stream(0, None, tx).await });
                 blob_headers(

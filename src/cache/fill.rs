@@ -79,6 +79,14 @@ pub struct Fill {
     repo: String,
 }
 
+impl Fill {
+    /// Whether this fill fetches from `registry`'s upstreams under `repo`
+    /// (a "not found" for another repository says nothing about this one).
+    pub fn fetches_as(&self, registry: &str, repo: &str) -> bool {
+        self.upstreams.host == registry && self.repo == repo
+    }
+}
+
 /// The in-flight fills, by digest.
 #[derive(Default)]
 pub struct Fills {
@@ -105,7 +113,10 @@ impl Fills {
     ) -> (Arc<Fill>, bool) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get(&digest) {
-            return (f.clone(), false);
+            // A failed fill lingers until its task cleans up; never join it.
+            if !matches!(f.state.borrow().phase, Phase::Failed(_)) {
+                return (f.clone(), false);
+            }
         }
         let (tx, rx) = watch::channel(FillState {
             written: 0,
@@ -124,6 +135,12 @@ impl Fills {
         let me = fill.clone();
         ctx.metrics.inflight_fetches.inc();
         tokio::spawn(async move {
+            // Cleanup runs even if `run` panics: no later request may join a
+            // dead fill, and the gauge must come back down.
+            let _guard = FillGuard {
+                ctx: ctx.clone(),
+                fill: me,
+            };
             match run(&ctx, &upstreams, &repo, digest, &tx).await {
                 Ok(()) => {}
                 Err(FillError::Fetch(e)) => {
@@ -147,12 +164,26 @@ impl Fills {
                     });
                 }
             }
-            ctx.fills.finish(&me);
-            ctx.metrics.inflight_fetches.dec();
         });
         (fill, true)
     }
+}
 
+/// Removes a fill from the map and counts it done when its task ends,
+/// however it ends.
+struct FillGuard {
+    ctx: FillContext,
+    fill: Arc<Fill>,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.ctx.fills.finish(&self.fill);
+        self.ctx.metrics.inflight_fetches.dec();
+    }
+}
+
+impl Fills {
     fn finish(&self, fill: &Arc<Fill>) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
@@ -266,11 +297,14 @@ impl Fill {
                     return;
                 }
             };
+            let complete = file.is_some() && total == Some(limit) && limit_is_final(&rx);
             let end = match (end, total) {
                 (Some(e), _) => Some(e),
                 (None, t) => t,
             };
-            if end.is_some_and(|e| pos >= e) {
+            // Done, unless the range reaches the blob's end: then only once
+            // verified (this covers a zero-length body claiming any digest).
+            if end.is_some_and(|e| pos >= e && (complete || total.is_some_and(|t| e < t))) {
                 return;
             }
             let stop = end.map_or(limit, |e| e.min(limit));
@@ -476,6 +510,10 @@ pub async fn stream_file(
     }
 }
 
+fn limit_is_final(rx: &watch::Receiver<FillState>) -> bool {
+    matches!(rx.borrow().phase, Phase::Complete { .. })
+}
+
 fn died() -> FetchError {
     FetchError::Unavailable("the fetch ended unexpectedly".into())
 }
@@ -486,7 +524,7 @@ fn died() -> FetchError {
 /// else goes to the blocking pool. Returns fewer bytes only at end of file.
 pub async fn read_at(file: Arc<File>, pos: u64, len: usize) -> io::Result<Bytes> {
     let mut buf = Vec::with_capacity(len);
-    match read_nowait(&file, &mut buf, pos) {
+    match read_nowait(&file, &mut buf, pos, len) {
         Some(Ok(())) if !buf.is_empty() => return Ok(Bytes::from(buf)),
         Some(Err(e)) => return Err(e),
         _ => {}
@@ -514,7 +552,7 @@ static NOWAIT_UNSUPPORTED: std::sync::atomic::AtomicBool =
 
 /// `preadv2(RWF_NOWAIT)` into `buf`'s spare capacity. `None`: would block
 /// (not cached) or unsupported here; the caller reads on the blocking pool.
-fn read_nowait(file: &File, buf: &mut Vec<u8>, pos: u64) -> Option<io::Result<()>> {
+fn read_nowait(file: &File, buf: &mut Vec<u8>, pos: u64, len: usize) -> Option<io::Result<()>> {
     use std::os::fd::AsRawFd;
     use std::sync::atomic::Ordering;
     if NOWAIT_UNSUPPORTED.load(Ordering::Relaxed) {
@@ -523,7 +561,8 @@ fn read_nowait(file: &File, buf: &mut Vec<u8>, pos: u64) -> Option<io::Result<()
     let spare = buf.spare_capacity_mut();
     let iov = libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
-        iov_len: spare.len(),
+        // Never more than asked: callers rely on it to hold back unverified bytes.
+        iov_len: spare.len().min(len),
     };
     let offset = libc::off_t::try_from(pos).ok()?;
     // SAFETY: the iovec points at `spare`, memory owned by `buf` that stays
@@ -645,6 +684,7 @@ async fn run(
 
     let stall = br.upstream.timeouts.stall;
     let mut resumes = 0;
+    let mut resumed_at = 0u64;
     let mut upstream_bytes = ctx
         .metrics
         .upstream_bytes
@@ -673,7 +713,10 @@ async fn run(
                     _ => Ok(None),
                 }
             }
-            Some(Ok(Err(e))) => Err(format!("body broke: {e}")),
+            Some(Ok(Err(e))) => Err(format!(
+                "body broke: {}",
+                crate::upstream::client::error_chain(&e.without_url())
+            )),
             Some(Err(_)) => Err(format!("no bytes for {stall:?}")),
         };
         let mut chunk = match outcome {
@@ -683,6 +726,12 @@ async fn run(
                 // The digest pins the bytes, so any upstream's copy continues
                 // this one: keep what arrived and ask the next upstream
                 // (wrapping around to this one last) for the rest.
+                // Only breaks without progress in between count against the limit.
+                let here = sink.written + batch.len() as u64;
+                if here > resumed_at {
+                    resumes = 0;
+                }
+                resumed_at = here;
                 resumes += 1;
                 if resumes > upstreams.len() + 1 {
                     return Err(FillError::Fetch(FetchError::Unavailable(format!(

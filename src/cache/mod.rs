@@ -233,15 +233,17 @@ where
                     let (tx, rx) = watch::channel(None);
                     map.insert(key.clone(), rx.clone());
                     let fut = work();
-                    let me = self.clone();
+                    let guard = FlightGuard {
+                        flights: self.clone(),
+                        key: Some(key),
+                    };
                     tokio::spawn(async move {
                         let out = fut.await;
                         // Remove first: a caller arriving after this sees the
-                        // result in the caches, not a finished flight.
-                        me.map
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key);
+                        // result in the caches, not a finished flight. (If the
+                        // work panics, the guard removes the key and the
+                        // dropped sender fails the waiters.)
+                        drop(guard);
                         let _ = tx.send(Some(out));
                     });
                     (rx, false)
@@ -260,6 +262,23 @@ where
                     joined,
                 );
             }
+        }
+    }
+}
+
+struct FlightGuard<K: Eq + Hash, T> {
+    flights: Arc<Flights<K, T>>,
+    key: Option<K>,
+}
+
+impl<K: Eq + Hash, T> Drop for FlightGuard<K, T> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.flights
+                .map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&k);
         }
     }
 }
@@ -294,6 +313,22 @@ mod tests {
         }
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(joined, 9);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_flight_fails_its_waiters_and_frees_its_key() {
+        let flights: Arc<Flights<&'static str, u32>> = Arc::default();
+        let (res, _) = flights
+            .run("k", || async {
+                if true {
+                    panic!("boom");
+                }
+                Ok(Arc::new(1))
+            })
+            .await;
+        assert!(res.is_err());
+        let (res, joined) = flights.run("k", || async { Ok(Arc::new(2)) }).await;
+        assert_eq!((*res.unwrap(), joined), (2, false));
     }
 
     #[test]

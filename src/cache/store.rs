@@ -132,15 +132,21 @@ impl Store {
     /// Creates the layout under `root` and deletes leftover temp files. The
     /// index starts empty; call [`Store::rebuild_index`] (in the background).
     pub fn open(root: &Path, max_size: u64, metrics: Arc<Metrics>) -> io::Result<Store> {
+        let s = Store::open_shared(root, max_size, metrics)?;
+        for e in fs::read_dir(&s.tmp)? {
+            let _ = fs::remove_file(e?.path());
+        }
+        Ok(s)
+    }
+
+    /// Opens the store without deleting temp files, for tools (fsck) that
+    /// may run beside a live daemon whose fills own them.
+    pub fn open_shared(root: &Path, max_size: u64, metrics: Arc<Metrics>) -> io::Result<Store> {
         for kind in [Kind::Blob, Kind::Manifest] {
             fs::create_dir_all(root.join(kind.dir()).join("sha256"))?;
         }
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
-        for e in fs::read_dir(&tmp)? {
-            let e = e?;
-            let _ = fs::remove_file(e.path());
-        }
         Ok(Store {
             root: root.to_path_buf(),
             min_free: FreeSpace::Bytes(0),
@@ -210,8 +216,19 @@ impl Store {
             };
             let need = min.saturating_add(expected.unwrap_or(0));
             if avail < need {
-                let freed = self.evict_bytes(need - avail);
-                if avail + freed < need {
+                // Evict only when that can make the room: wiping the cache
+                // for space taken by others (or before the index knows the
+                // cold objects) would only lose it.
+                let deficit = need - avail;
+                if !self.is_indexed() || self.total_size() < deficit {
+                    return Err("low_disk_space");
+                }
+                self.evict_bytes(deficit);
+                // Files still open by readers free nothing yet: ask again.
+                let avail_now = nix::sys::statvfs::statvfs(&self.root)
+                    .map(|st| st.blocks_available() * st.fragment_size())
+                    .unwrap_or(0);
+                if avail_now < need {
                     return Err("low_disk_space");
                 }
             }
@@ -362,7 +379,9 @@ impl Store {
         d: &Digest,
         size: u64,
     ) -> io::Result<bool> {
-        if size > self.max_size {
+        // Above the low-water mark, keeping it would evict everything else
+        // and then itself.
+        if size > self.low_water {
             let _ = fs::remove_file(temp);
             self.metrics
                 .passthrough
@@ -473,18 +492,37 @@ impl Store {
     /// bound was lowered). Returns the number of objects found.
     pub fn rebuild_index(&self) -> io::Result<usize> {
         let mut found: Vec<(SystemTime, Key, u64)> = Vec::new();
+        // One unreadable entry must not stop the scan (or /readyz forever):
+        // skip what vanished meanwhile (evicted, removed), log the rest.
+        let note = |path: &Path, e: &io::Error| {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "skipping unreadable store entry");
+            }
+        };
         for kind in [Kind::Blob, Kind::Manifest] {
             let base = self.root.join(kind.dir()).join("sha256");
-            for sub in fs::read_dir(&base)? {
-                let sub = sub?;
+            let subs = match fs::read_dir(&base) {
+                Ok(s) => s,
+                Err(e) => {
+                    note(&base, &e);
+                    continue;
+                }
+            };
+            for sub in subs.flatten() {
                 let Some(prefix) = sub.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
-                if prefix.len() != 2 || !sub.file_type()?.is_dir() {
+                if prefix.len() != 2 || !sub.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
-                for f in fs::read_dir(sub.path())? {
-                    let f = f?;
+                let files = match fs::read_dir(sub.path()) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        note(&sub.path(), &e);
+                        continue;
+                    }
+                };
+                for f in files.flatten() {
                     let name = f.file_name();
                     let Some(name) = name.to_str() else { continue };
                     let Ok(d) = Digest::from_hex(name) else {
@@ -494,7 +532,13 @@ impl Store {
                     if !name.starts_with(&prefix) {
                         continue;
                     }
-                    let meta = f.metadata()?;
+                    let meta = match f.metadata() {
+                        Ok(m) => m,
+                        Err(e) => {
+                            note(&f.path(), &e);
+                            continue;
+                        }
+                    };
                     if !meta.is_file() {
                         continue;
                     }
@@ -507,9 +551,10 @@ impl Store {
         let n = found.len();
         let victims = {
             let mut idx = self.lock();
-            for (seq, (_, key, size)) in found.into_iter().enumerate() {
-                if !idx.entries.contains_key(&key) {
-                    idx.insert(key, size, seq as u64);
+            for (seq, (_, (kind, d), size)) in found.into_iter().enumerate() {
+                // Skip objects removed since the scan saw them.
+                if !idx.entries.contains_key(&(kind, d)) && self.path(kind, &d).exists() {
+                    idx.insert((kind, d), size, seq as u64);
                 }
             }
             let v = self.pick_victims(&mut idx);

@@ -98,9 +98,28 @@ fn parse_params(s: &str) -> Option<HashMap<String, String>> {
     }
 }
 
+/// Parent domains shared by unrelated tenants: a sibling host under one of
+/// these is not the same trust domain.
+const SHARED_SUFFIXES: &[&str] = &[
+    "azurecr.io",
+    "amazonaws.com",
+    "pkg.dev",
+    "cloudfront.net",
+    "appspot.com",
+    "herokuapp.com",
+    "github.io",
+    "githubusercontent.com",
+    "azurewebsites.net",
+    "co.uk",
+    "com.au",
+    "co.jp",
+    "com.br",
+];
+
 /// Whether credentials configured for `upstream_host` may be sent to a token
-/// realm at `realm_host`: the same host, or the same parent domain (so
-/// `registry-1.docker.io` may use `auth.docker.io`, but not `evil.example`).
+/// realm at `realm_host`: the same host, or a sibling under the same parent
+/// domain (so `registry-1.docker.io` may use `auth.docker.io`, but not
+/// `evil.example`, and `a.azurecr.io` not `b.azurecr.io`).
 pub fn realm_in_trust_domain(upstream_host: &str, realm_host: &str) -> bool {
     if upstream_host.eq_ignore_ascii_case(realm_host) {
         return true;
@@ -113,7 +132,7 @@ pub fn realm_in_trust_domain(upstream_host: &str, realm_host: &str) -> bool {
         (labels.len() >= 2).then(|| labels[labels.len() - 2..].join(".").to_ascii_lowercase())
     };
     match (parent(upstream_host), parent(realm_host)) {
-        (Some(a), Some(b)) => a == b,
+        (Some(a), Some(b)) => a == b && !SHARED_SUFFIXES.contains(&a.as_str()),
         _ => false,
     }
 }
@@ -187,5 +206,13 @@ mod tests {
             "docker.io.evil.example"
         ));
         assert!(!realm_in_trust_domain("127.0.0.1", "127.0.0.2"));
+        assert!(!realm_in_trust_domain(
+            "myorg.azurecr.io",
+            "evil.azurecr.io"
+        ));
+        assert!(realm_in_trust_domain(
+            "myorg.azurecr.io",
+            "myorg.azurecr.io"
+        ));
     }
 }

@@ -318,7 +318,12 @@ impl UpstreamClient {
         let resp = tokio::time::timeout(self.timeouts.header, req.send())
             .await
             .map_err(|_| UpstreamError::Timeout("token response"))?
-            .map_err(|e| UpstreamError::Transport(format!("token request: {e}")))?;
+            .map_err(|e| {
+                UpstreamError::Transport(format!(
+                    "token request: {}",
+                    error_chain(&e.without_url())
+                ))
+            })?;
         self.metrics
             .upstream_requests
             .with_label_values(&[&self.registry, &self.url, "token"])
@@ -341,7 +346,8 @@ impl UpstreamClient {
             .map_err(|_| UpstreamError::Auth("token has invalid characters".into()))?;
         header.set_sensitive(true);
         // The spec's default lifetime is 60 s; renew a little early.
-        let ttl = Duration::from_secs(tr.expires_in.unwrap_or(60).max(10));
+        // Clamped: a hostile or broken expires_in must not overflow Instant.
+        let ttl = Duration::from_secs(tr.expires_in.unwrap_or(60).clamp(10, 86_400));
         let expires = Instant::now() + ttl - Duration::from_secs(5);
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.retain(|_, t| t.expires > Instant::now());
@@ -355,6 +361,21 @@ impl UpstreamClient {
         }
         Ok(header)
     }
+}
+
+/// An error and its causes, e.g. "error sending request: connection refused".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 fn read_credentials(path: &std::path::Path) -> Result<Credentials, String> {
@@ -394,7 +415,9 @@ pub async fn read_limited(
         let chunk = tokio::time::timeout(stall, resp.chunk())
             .await
             .map_err(|_| UpstreamError::Timeout("body stalled"))?
-            .map_err(|e| UpstreamError::Transport(format!("body: {e}")))?;
+            .map_err(|e| {
+                UpstreamError::Transport(format!("body: {}", error_chain(&e.without_url())))
+            })?;
         match chunk {
             Some(c) => {
                 if buf.len() + c.len() > limit {

@@ -56,6 +56,13 @@ pub struct Fault {
     pub lie_manifest_digest: Option<String>,
     /// Hold blob bodies after the first chunk until `release()`.
     pub gate: bool,
+    /// Serve blobs only under this repository (404 elsewhere), like a
+    /// registry that scopes blobs to repositories.
+    pub blob_repo: Option<String>,
+    /// Delay blob responses (headers included) by this much.
+    pub blob_delay: Option<Duration>,
+    /// Answer blob GETs with `200` and an empty body, whatever the digest.
+    pub empty_blobs: bool,
     /// Pace blob bodies to this many bytes per second.
     pub rate: Option<u64>,
     /// Delay manifest responses (so that concurrent resolves overlap).
@@ -355,9 +362,18 @@ async fn handle(
     }
     if let Some(i) = rest.rfind("/blobs/") {
         let digest = &rest[i + "/blobs/".len()..];
+        if let Some(d) = fault.blob_delay {
+            tokio::time::sleep(d).await;
+        }
+        if fault.blob_repo.as_deref().is_some_and(|r| r != &rest[..i]) {
+            return error(404, "BLOB_UNKNOWN");
+        }
         let Some(data) = st.blobs.lock().unwrap().get(digest).cloned() else {
             return error(404, "BLOB_UNKNOWN");
         };
+        if fault.empty_blobs && !head {
+            return resp(200, ResponseBody::empty());
+        }
         if head {
             let mut r = resp(200, ResponseBody::empty());
             r.headers_mut().insert("content-length", data.len().into());
