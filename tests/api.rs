@@ -861,3 +861,35 @@ async fn each_upstream_uses_its_own_egress_proxy() {
     assert_eq!(proxy.seen.lock().unwrap().len(), 1);
     assert_eq!(direct.count("GET", "/manifests/v1"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_upstream_cannot_redirect_tender_to_an_internal_address() {
+    let registry = Fake::start().await;
+    let internal = Fake::start().await; // stands for a metadata service or a private host
+    let data = random_bytes(5_000, 12);
+    let digest = registry.put_blob(data.clone());
+    internal.put_blob(data);
+    registry.set_fault(Fault {
+        redirect_blobs_to: Some(internal.url()),
+        ..Fault::default()
+    });
+    let proxy = FakeProxy::start(registry.addr).await;
+    // A public name (reachable only through its egress proxy) ...
+    let toml = format!(
+        "[[registry]]\nhost = \"docker.io\"\ndefault = true\n  [[registry.upstream]]\n  url = \"http://registry.invalid\"\n  proxy = \"http://{}\"\n",
+        proxy.addr
+    );
+    let d = Daemon::start(&toml, "").await;
+    // ... that answers with a redirect to 127.0.0.1.
+    let r = client()
+        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        internal.log().is_empty(),
+        "tender followed a redirect to an internal address"
+    );
+    assert_eq!(proxy.seen.lock().unwrap().len(), 1);
+}

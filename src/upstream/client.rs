@@ -79,6 +79,20 @@ pub fn is_internal_ip(ip: IpAddr) -> bool {
     }
 }
 
+/// Link-local addresses (cloud metadata services such as 169.254.169.254):
+/// never a redirect or token target, whatever the upstream.
+fn host_is_link_local(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    match h.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.is_link_local(),
+        Ok(IpAddr::V6(v6)) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+        Err(_) => false,
+    }
+}
+
 fn host_is_internal(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost")
@@ -108,7 +122,7 @@ impl UpstreamClient {
                 return attempt.error(format!("redirect to unsupported scheme {}", url.scheme()));
             }
             match url.host_str() {
-                Some(h) if !upstream_internal && host_is_internal(h) => {
+                Some(h) if host_is_link_local(h) || (!upstream_internal && host_is_internal(h)) => {
                     let msg = format!("redirect to internal address {h} refused");
                     attempt.error(msg)
                 }
@@ -302,6 +316,13 @@ impl UpstreamClient {
             )));
         }
         let realm_host = realm_url.host_str().unwrap_or_default().to_string();
+        if host_is_link_local(&realm_host)
+            || (!host_is_internal(&self.host) && host_is_internal(&realm_host))
+        {
+            return Err(UpstreamError::Auth(format!(
+                "token realm {realm_host} is an internal address; refused"
+            )));
+        }
         let mut q: Vec<(&str, &str)> = vec![("scope", scope)];
         if let Some(s) = service {
             q.push(("service", s));
@@ -471,6 +492,13 @@ mod tests {
         ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
+    }
+
+    #[test]
+    fn link_local_is_refused_even_for_internal_upstreams() {
+        assert!(host_is_link_local("169.254.169.254"));
+        assert!(host_is_link_local("[fe80::1]"));
+        assert!(!host_is_link_local("10.0.0.1"));
     }
 
     #[test]
