@@ -22,6 +22,8 @@ pub struct Config {
     /// Free space tender leaves on the cache's file system.
     pub min_free_space: crate::cache::store::FreeSpace,
     pub timeouts: Timeouts,
+    /// Per-upstream circuit breaker.
+    pub breaker: crate::upstream::health::BreakerPolicy,
     pub registries: Vec<Registry>,
     /// Images to keep warm, re-pulled through tender on a schedule.
     pub prefetch: Option<Prefetch>,
@@ -113,6 +115,8 @@ struct RawConfig {
     connect_timeout: Option<String>,
     header_timeout: Option<String>,
     stall_timeout: Option<String>,
+    breaker_failures: Option<u32>,
+    breaker_cooldown: Option<String>,
     #[serde(default)]
     registry: Vec<RawRegistry>,
     prefetch: Option<RawPrefetch>,
@@ -231,6 +235,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         }
     };
     let tag_ttl = dur("tag_ttl", raw.tag_ttl.as_deref(), "60s");
+    let breaker_cooldown = dur("breaker_cooldown", raw.breaker_cooldown.as_deref(), "30s");
 
     let timeouts = Timeouts {
         connect: dur("connect_timeout", raw.connect_timeout.as_deref(), "5s"),
@@ -254,6 +259,13 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             crate::cache::store::FreeSpace::Bytes(0)
         }
     };
+    let breaker_failures = raw.breaker_failures.unwrap_or(5);
+    if breaker_failures == 0 {
+        problems.push("breaker_failures: must be at least 1".into());
+    }
+    if breaker_cooldown.is_zero() && !problems.iter().any(|p| p.starts_with("breaker_cooldown")) {
+        problems.push("breaker_cooldown: must be greater than zero".into());
+    }
     if raw.registry.is_empty() {
         problems.push("registry: at least one [[registry]] is required".into());
     }
@@ -335,6 +347,10 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         tag_ttl,
         min_free_space,
         timeouts,
+        breaker: crate::upstream::health::BreakerPolicy {
+            failures: breaker_failures.max(1),
+            cooldown: breaker_cooldown,
+        },
         registries,
         prefetch,
     }

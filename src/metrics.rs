@@ -2,8 +2,8 @@
 //! every in-process test daemon) has its own counters.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -22,6 +22,8 @@ pub struct Metrics {
     pub stale_served: IntCounter,
     pub integrity_failures: IntCounter,
     pub passthrough: IntCounterVec,
+    /// 1 while an upstream's circuit breaker is open.
+    pub upstream_circuit_open: IntGaugeVec,
 }
 
 impl Metrics {
@@ -73,6 +75,17 @@ impl Metrics {
         registry
             .register(Box::new(upstream_latency.clone()))
             .expect("unique metric");
+        let upstream_circuit_open = IntGaugeVec::new(
+            Opts::new(
+                "tender_upstream_circuit_open",
+                "1 while the upstream's circuit breaker is open (it is being skipped).",
+            ),
+            &["registry", "upstream"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_circuit_open.clone()))
+            .expect("unique metric");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry
@@ -94,6 +107,7 @@ impl Metrics {
             upstream_latency,
             bytes_served,
             passthrough,
+            upstream_circuit_open,
             cache_size: gauge(
                 "tender_cache_size_bytes",
                 "Bytes of verified content in the cache.",

@@ -384,8 +384,12 @@ async fn upstreams_are_tried_in_order_falling_through_on_5xx_429_404_and_refused
     assert_eq!(r.bytes().await.unwrap().len(), 5000);
     for f in [&five, &limited, &empty, &good] {
         assert_eq!(f.count("GET", "/manifests/v1"), 1);
+    }
+    for f in [&five, &empty, &good] {
         assert_eq!(f.count("GET", "/blobs/"), 1);
     }
+    // The 429 asked for 30 s of quiet: the blob request skipped it.
+    assert_eq!(limited.count("GET", "/blobs/"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -892,4 +896,92 @@ async fn a_public_upstream_cannot_redirect_tender_to_an_internal_address() {
         "tender followed a redirect to an internal address"
     );
     assert_eq!(proxy.seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upstream_is_skipped_by_its_circuit_breaker_and_probed_after_a_cooldown() {
+    let bad = Fake::start().await;
+    let good = Fake::start().await;
+    let blobs: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(1000, 60 + i)).collect();
+    let digests: Vec<String> = blobs
+        .iter()
+        .map(|b| {
+            bad.put_blob(b.clone());
+            good.put_blob(b.clone())
+        })
+        .collect();
+    bad.set_fault(Fault {
+        status: Some(503),
+        ..Fault::default()
+    });
+    let d = Daemon::start(
+        &registry_toml("docker.io", true, &[&bad.url(), &good.url()]),
+        "breaker_failures = 2\nbreaker_cooldown = \"300ms\"",
+    )
+    .await;
+    let fetch = |i: usize| {
+        let url = d.url(&format!("/v2/library/app/blobs/{}", digests[i]));
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    for i in 0..4 {
+        assert_eq!(fetch(i).await, 1000);
+    }
+    assert_eq!(bad.blob_gets(), 2, "skipped once its circuit opened");
+    assert_eq!(good.blob_gets(), 4);
+    let gauge = format!(
+        "tender_upstream_circuit_open{{registry=\"docker.io\",upstream=\"{}\"}}",
+        bad.url()
+    );
+    assert_eq!(d.metric(&gauge), 1.0);
+    // After the cool-down one request probes it; it still fails: reopened.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(fetch(4).await, 1000);
+    assert_eq!(bad.blob_gets(), 3);
+    // Fixed; after the (doubled) cool-down the probe succeeds and closes it.
+    bad.set_fault(Fault::default());
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    assert_eq!(fetch(5).await, 1000);
+    assert_eq!(bad.blob_gets(), 4);
+    assert_eq!(
+        good.blob_gets(),
+        5,
+        "served by the recovered first upstream"
+    );
+    assert_eq!(d.metric(&gauge), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_retry_after_is_honoured_and_client_retries_never_reach_the_upstream() {
+    let limited = Fake::start().await;
+    let digest = limited.put_blob(random_bytes(1000, 70));
+    limited.set_fault(Fault {
+        status: Some(429),
+        retry_after: Some(30),
+        ..Fault::default()
+    });
+    let d = one_upstream(&limited).await;
+    // containerd retries a 429 at once, up to 5 times; tender answers 503
+    // (so containerd moves on to its next host) and stays quiet upstream.
+    for _ in 0..5 {
+        let r = client()
+            .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            oci_error(r).await,
+            (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())
+        );
+    }
+    assert_eq!(limited.blob_gets(), 1);
 }

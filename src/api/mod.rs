@@ -44,7 +44,7 @@ impl Routes {
         for r in &config.registries {
             let ctx = Arc::new(RegistryCtx {
                 host: r.host.clone(),
-                upstreams: Arc::new(Upstreams::new(r, config.timeouts, metrics)?),
+                upstreams: Arc::new(Upstreams::new(r, config.timeouts, config.breaker, metrics)?),
             });
             if r.default {
                 default = Some(ctx.clone());

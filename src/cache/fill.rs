@@ -733,6 +733,7 @@ async fn run(
                 }
                 resumed_at = here;
                 resumes += 1;
+                br.upstream.health.failure();
                 if resumes > upstreams.len() + 1 {
                     return Err(FillError::Fetch(FetchError::Unavailable(format!(
                         "{}: {why}; gave up after {} resumes",

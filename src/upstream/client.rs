@@ -46,6 +46,7 @@ pub struct UpstreamClient {
     /// The upstream asked for Basic auth: send credentials up front.
     basic: AtomicBool,
     pub timeouts: Timeouts,
+    pub health: super::health::Health,
     metrics: Arc<Metrics>,
 }
 
@@ -105,6 +106,7 @@ impl UpstreamClient {
         registry: &str,
         cfg: &config::Upstream,
         timeouts: Timeouts,
+        breaker: super::health::BreakerPolicy,
         metrics: Arc<Metrics>,
     ) -> Result<UpstreamClient, String> {
         let base = reqwest::Url::parse(&cfg.url).map_err(|e| format!("{}: {e}", cfg.url))?;
@@ -165,6 +167,13 @@ impl UpstreamClient {
             tokens: Mutex::new(HashMap::new()),
             basic: AtomicBool::new(false),
             timeouts,
+            health: super::health::Health::new(
+                breaker,
+                metrics
+                    .upstream_circuit_open
+                    .with_label_values(&[registry, &cfg.url]),
+                format!("{registry} {}", cfg.url),
+            ),
             metrics,
         })
     }
@@ -179,8 +188,30 @@ impl UpstreamClient {
 
     /// Sends `method /v2/<prefix/repo>/<suffix>`, answering one auth challenge.
     /// Returns the response only for 2xx; every other status is an error that
-    /// carries it.
+    /// carries it. The outcome feeds the upstream's health.
     pub async fn send(
+        &self,
+        method: Method,
+        repo: &str,
+        suffix: &str,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let res = self.send_inner(method, repo, suffix, headers).await;
+        match &res {
+            Ok(_) => self.health.success(),
+            Err(UpstreamError::Status {
+                status: 429,
+                retry_after,
+            }) => self.health.throttled(*retry_after),
+            Err(UpstreamError::Status { status, .. }) if *status >= 500 => self.health.failure(),
+            Err(UpstreamError::Status { .. }) => self.health.success(), // alive, just a no
+            Err(UpstreamError::Timeout(_) | UpstreamError::Transport(_)) => self.health.failure(),
+            Err(_) => {}
+        }
+        res
+    }
+
+    async fn send_inner(
         &self,
         method: Method,
         repo: &str,

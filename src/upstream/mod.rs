@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod health;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +107,15 @@ impl Walk {
         self.failures.push(format!("{}: {e}", up.url));
     }
 
+    /// An upstream skipped because its breaker is open or it asked us to back off.
+    fn skip(&mut self, up: &UpstreamClient) {
+        self.tried += 1;
+        self.failures.push(format!(
+            "{}: skipped (circuit open or rate-limited)",
+            up.url
+        ));
+    }
+
     fn finish(self) -> FetchError {
         let summary = self.failures.join("; ");
         if self.tried == 0 {
@@ -153,12 +163,15 @@ impl Upstreams {
     pub fn new(
         reg: &config::Registry,
         timeouts: Timeouts,
+        breaker: health::BreakerPolicy,
         metrics: &Arc<Metrics>,
     ) -> Result<Upstreams, String> {
         let clients = reg
             .upstreams
             .iter()
-            .map(|u| UpstreamClient::new(&reg.host, u, timeouts, metrics.clone()).map(Arc::new))
+            .map(|u| {
+                UpstreamClient::new(&reg.host, u, timeouts, breaker, metrics.clone()).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Upstreams {
             host: reg.host.clone(),
@@ -195,6 +208,10 @@ impl Upstreams {
             .skip(first % n.max(1))
             .take(n)
         {
+            if !up.health.allow() {
+                walk.skip(up);
+                continue;
+            }
             let mut headers = HeaderMap::new();
             if offset > 0 {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-")) {
@@ -229,6 +246,10 @@ impl Upstreams {
         let mut walk = Walk::default();
         let suffix = format!("blobs/{digest}");
         for up in &self.clients {
+            if !up.health.allow() {
+                walk.skip(up);
+                continue;
+            }
             match up.send(Method::HEAD, repo, &suffix, HeaderMap::new()).await {
                 // Not `content_length()`: for HEAD that is the empty body's length.
                 Ok(r) => return Ok(header_u64(r.headers(), "content-length")),
@@ -250,6 +271,10 @@ impl Upstreams {
         let mut walk = Walk::default();
         let suffix = format!("manifests/{reference}");
         for up in &self.clients {
+            if !up.health.allow() {
+                walk.skip(up);
+                continue;
+            }
             let mut headers = HeaderMap::new();
             headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
             let res = async {
@@ -297,6 +322,10 @@ impl Upstreams {
         let mut walk = Walk::default();
         let suffix = format!("manifests/{reference}");
         for up in &self.clients {
+            if !up.health.allow() {
+                walk.skip(up);
+                continue;
+            }
             let mut headers = HeaderMap::new();
             headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
             match up.send(Method::HEAD, repo, &suffix, headers).await {
@@ -324,6 +353,10 @@ impl Upstreams {
             format!("tags/list?{query}")
         };
         for up in &self.clients {
+            if !up.health.allow() {
+                walk.skip(up);
+                continue;
+            }
             let res = async {
                 let resp = up
                     .send(Method::GET, repo, &suffix, HeaderMap::new())
