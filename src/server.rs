@@ -168,10 +168,10 @@ pub async fn serve(
     let metrics_task = metrics_listener.map(|l| {
         let app = app.clone();
         let g = graceful.clone();
-        tokio::spawn(async move { accept_loop(app, l, &g).await })
+        tokio::spawn(async move { accept_loop(app, l, &g, Listener::MetricsOnly).await })
     });
     tokio::select! {
-        _ = accept_loop(app.clone(), listener, &graceful) => {}
+        _ = accept_loop(app.clone(), listener, &graceful, Listener::Api) => {}
         _ = shutdown => {}
     }
     if let Some(t) = metrics_task {
@@ -199,7 +199,20 @@ pub async fn serve(
     }
 }
 
-async fn accept_loop(app: Arc<App>, listener: TcpListener, graceful: &GracefulShutdown) {
+/// What a listener serves. `metrics_listen` is meant for the pod or node
+/// IP (Prometheus), so it must never expose the pull API beyond loopback.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Api,
+    MetricsOnly,
+}
+
+async fn accept_loop(
+    app: Arc<App>,
+    listener: TcpListener,
+    graceful: &GracefulShutdown,
+    kind: Listener,
+) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(x) => x,
@@ -212,9 +225,20 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, graceful: &GracefulSh
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let svc = service_fn(move |req| {
+        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+            async move {
+                if kind == Listener::MetricsOnly
+                    && !matches!(req.uri().path(), "/metrics" | "/healthz" | "/readyz")
+                {
+                    let mut r = hyper::Response::new(crate::api::body::ResponseBody::full(
+                        "only /metrics, /healthz and /readyz are served here\n",
+                    ));
+                    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                    return Ok::<_, Infallible>(r);
+                }
+                Ok::<_, Infallible>(app.handle(req).await)
+            }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())

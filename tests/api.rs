@@ -985,3 +985,36 @@ async fn a_429_with_retry_after_is_honoured_and_client_retries_never_reach_the_u
     }
     assert_eq!(limited.blob_gets(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_serves_metrics_and_health_only() {
+    let fake = Fake::start().await;
+    let (_, layers) = fake.put_image("library/app", "v1", &[b"m".to_vec()]);
+    let d = Daemon::start(
+        &registry_toml("docker.io", true, &[&fake.url()]),
+        "metrics_listen = \"127.0.0.1:0\"",
+    )
+    .await;
+    let m = d.running.as_ref().unwrap().metrics_addr.unwrap();
+    let c = client();
+    for ok in ["/metrics", "/healthz", "/readyz"] {
+        let r = c.get(format!("http://{m}{ok}")).send().await.unwrap();
+        assert!(
+            r.status() == 200 || (ok == "/readyz" && r.status() == 503),
+            "{ok}: {}",
+            r.status()
+        );
+    }
+    for api in [
+        "/v2/".to_string(),
+        format!("/v2/library/app/blobs/{}", layers[0]),
+    ] {
+        let r = c.get(format!("http://{m}{api}")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            404,
+            "{api} must not be served on the metrics listener"
+        );
+    }
+    assert!(fake.log().is_empty());
+}
