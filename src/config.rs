@@ -22,11 +22,26 @@ pub struct Config {
     /// Free space tender leaves on the cache's file system.
     pub min_free_space: crate::cache::store::FreeSpace,
     pub timeouts: Timeouts,
+    /// TLS for `listen` (cert, key), and for `metrics_listen`.
+    pub tls: Option<TlsFiles>,
+    pub metrics_tls: Option<TlsFiles>,
+    /// A full re-hash of the store this often (None: off), at most `scrub_rate` bytes/s.
+    pub scrub_interval: Option<Duration>,
+    pub scrub_rate: u64,
+    /// Connection limits: in all, and per client IP.
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
     /// Per-upstream circuit breaker.
     pub breaker: crate::upstream::health::BreakerPolicy,
     pub registries: Vec<Registry>,
     /// Images to keep warm, re-pulled through tender on a schedule.
     pub prefetch: Option<Prefetch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +132,14 @@ struct RawConfig {
     stall_timeout: Option<String>,
     breaker_failures: Option<u32>,
     breaker_cooldown: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    metrics_tls_cert_file: Option<String>,
+    metrics_tls_key_file: Option<String>,
+    scrub_interval: Option<String>,
+    scrub_rate: Option<String>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
     #[serde(default)]
     registry: Vec<RawRegistry>,
     prefetch: Option<RawPrefetch>,
@@ -236,6 +259,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
     };
     let tag_ttl = dur("tag_ttl", raw.tag_ttl.as_deref(), "60s");
     let breaker_cooldown = dur("breaker_cooldown", raw.breaker_cooldown.as_deref(), "30s");
+    let scrub = dur("scrub_interval", raw.scrub_interval.as_deref(), "24h");
 
     let timeouts = Timeouts {
         connect: dur("connect_timeout", raw.connect_timeout.as_deref(), "5s"),
@@ -259,6 +283,52 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
             crate::cache::store::FreeSpace::Bytes(0)
         }
     };
+    let scrub_interval = (!scrub.is_zero()).then_some(scrub);
+    let scrub_rate = match parse_size(raw.scrub_rate.as_deref().unwrap_or("64MiB")) {
+        Ok(0) => {
+            problems.push("scrub_rate: must be greater than zero (use scrub_interval = \"0s\" to turn scrubbing off)".into());
+            1
+        }
+        Ok(n) => n,
+        Err(e) => {
+            problems.push(format!("scrub_rate: {e}"));
+            1
+        }
+    };
+    let mut tls_pair =
+        |what: &str, cert: Option<String>, key: Option<String>| -> Option<TlsFiles> {
+            match (cert, key) {
+                (None, None) => None,
+                (Some(c), Some(k)) => {
+                    for (name, f) in [("cert_file", &c), ("key_file", &k)] {
+                        if !Path::new(f).is_file() {
+                            problems.push(format!("{what}_{name}: {f:?} is not a readable file"));
+                        }
+                    }
+                    Some(TlsFiles {
+                        cert_file: c.into(),
+                        key_file: k.into(),
+                    })
+                }
+                _ => {
+                    problems.push(format!(
+                        "{what}_cert_file and {what}_key_file: give both or neither"
+                    ));
+                    None
+                }
+            }
+        };
+    let tls = tls_pair("tls", raw.tls_cert_file, raw.tls_key_file);
+    let metrics_tls = tls_pair(
+        "metrics_tls",
+        raw.metrics_tls_cert_file,
+        raw.metrics_tls_key_file,
+    );
+    let max_connections = raw.max_connections.unwrap_or(4096);
+    let max_connections_per_client = raw.max_connections_per_client.unwrap_or(1024);
+    if max_connections == 0 || max_connections_per_client == 0 {
+        problems.push("max_connections, max_connections_per_client: must be at least 1".into());
+    }
     let breaker_failures = raw.breaker_failures.unwrap_or(5);
     if breaker_failures == 0 {
         problems.push("breaker_failures: must be at least 1".into());
@@ -347,6 +417,12 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         tag_ttl,
         min_free_space,
         timeouts,
+        tls,
+        metrics_tls,
+        scrub_interval,
+        scrub_rate,
+        max_connections: max_connections.max(1),
+        max_connections_per_client: max_connections_per_client.max(1),
         breaker: crate::upstream::health::BreakerPolicy {
             failures: breaker_failures.max(1),
             cooldown: breaker_cooldown,

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub stale_served: IntCounter,
     pub integrity_failures: IntCounter,
     pub passthrough: IntCounterVec,
+    /// Scrub: objects re-hashed, by result (ok|corrupt), and bytes read.
+    pub scrub_objects: IntCounterVec,
+    pub scrub_bytes: IntCounter,
+    pub connections_rejected: IntCounter,
     /// 1 while an upstream's circuit breaker is open.
     pub upstream_circuit_open: IntGaugeVec,
 }
@@ -55,6 +59,11 @@ impl Metrics {
             "tender_bytes_served_total",
             "Body bytes sent to clients, by where they came from.",
             &["source"],
+        );
+        let scrub_objects = counter_vec(
+            "tender_scrub_objects_total",
+            "Stored objects re-hashed by the background scrub, by result (ok|corrupt).",
+            &["result"],
         );
         let passthrough = counter_vec(
             "tender_passthrough_total",
@@ -108,6 +117,15 @@ impl Metrics {
             bytes_served,
             passthrough,
             upstream_circuit_open,
+            scrub_objects,
+            scrub_bytes: counter(
+                "tender_scrub_bytes_total",
+                "Bytes read by the background scrub.",
+            ),
+            connections_rejected: counter(
+                "tender_connections_rejected_total",
+                "Connections closed at once because a connection limit was reached.",
+            ),
             cache_size: gauge(
                 "tender_cache_size_bytes",
                 "Bytes of verified content in the cache.",

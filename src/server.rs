@@ -11,9 +11,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::api::App;
 use crate::config::Config;
@@ -59,6 +64,9 @@ impl Running {
 /// store index is rebuilt in the background: lookups go to disk directly,
 /// so the cache serves from the first request.
 pub async fn start(config: Config) -> Result<Running, String> {
+    // Certificates first: a bad one fails before anything listens.
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let metrics_tls = config.metrics_tls.as_ref().map(tls_acceptor).transpose()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", config.listen))?;
@@ -72,7 +80,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && tls.is_none() {
         tracing::warn!(%addr, "listening beyond loopback without TLS: any host that can reach this address can pull through this cache");
     }
 
@@ -96,7 +104,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let app2 = app.clone();
     let task = tokio::spawn(async move {
-        serve(app2, listener, metrics_listener, async {
+        serve(app2, listener, metrics_listener, tls, metrics_tls, async {
             let _ = stop_rx.await;
         })
         .await
@@ -150,6 +158,8 @@ pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
+    metrics_tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = Arc::new(GracefulShutdown::new());
@@ -165,14 +175,49 @@ pub async fn serve(
             }
         })
     };
+    let limits = ConnLimits::new(
+        app.config.max_connections,
+        app.config.max_connections_per_client,
+        app.metrics.connections_rejected.clone(),
+    );
     let metrics_task = metrics_listener.map(|l| {
         let app = app.clone();
         let g = graceful.clone();
-        tokio::spawn(async move { accept_loop(app, l, &g, Listener::MetricsOnly).await })
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            accept_loop(app, l, &g, Listener::MetricsOnly, metrics_tls, limits).await
+        })
+    });
+    let scrubber = app.config.scrub_interval.map(|every| {
+        let store = app.store.clone();
+        let rate = app.config.scrub_rate;
+        tokio::spawn(async move {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            // Set when this task is aborted at shutdown, to end a pass early.
+            struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+            impl Drop for StopOnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let _stop_on_drop = StopOnDrop(stop.clone());
+            loop {
+                tokio::time::sleep(every).await;
+                let (s, st) = (store.clone(), stop.clone());
+                if let Ok((checked, corrupt)) =
+                    tokio::task::spawn_blocking(move || s.scrub_pass(rate, &st)).await
+                {
+                    tracing::info!(checked, corrupt, "scrub pass done");
+                }
+            }
+        })
     });
     tokio::select! {
-        _ = accept_loop(app.clone(), listener, &graceful, Listener::Api) => {}
+        _ = accept_loop(app.clone(), listener, &graceful, Listener::Api, tls, limits) => {}
         _ = shutdown => {}
+    }
+    if let Some(t) = scrubber {
+        t.abort();
     }
     if let Some(t) = metrics_task {
         t.abort();
@@ -207,14 +252,100 @@ enum Listener {
     MetricsOnly,
 }
 
+/// Connection limits, in all and per client IP, so that one misbehaving
+/// client cannot take every connection (slowloris is bounded separately by
+/// the header read timeout).
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_client: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    rejected: prometheus::IntCounter,
+}
+
+/// One admitted connection; dropping it frees its place.
+struct ConnPermit {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl ConnLimits {
+    fn new(
+        max_total: usize,
+        max_per_client: usize,
+        rejected: prometheus::IntCounter,
+    ) -> Arc<ConnLimits> {
+        Arc::new(ConnLimits {
+            max_total,
+            max_per_client,
+            open: Mutex::new((0, HashMap::new())),
+            rejected,
+        })
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnPermit> {
+        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let per = g.1.get(&ip).copied().unwrap_or(0);
+        if g.0 >= self.max_total || per >= self.max_per_client {
+            self.rejected.inc();
+            return None;
+        }
+        g.0 += 1;
+        g.1.insert(ip, per + 1);
+        Some(ConnPermit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut g = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A rustls acceptor for a certificate chain and key in PEM files.
+pub fn tls_acceptor(files: &crate::config::TlsFiles) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&files.cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no certificate found",
+            files.cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(|e| format!("{}: {e}", files.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 async fn accept_loop(
     app: Arc<App>,
     listener: TcpListener,
     graceful: &GracefulShutdown,
     kind: Listener,
+    tls: Option<TlsAcceptor>,
+    limits: Arc<ConnLimits>,
 ) {
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -222,6 +353,10 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Some(permit) = limits.admit(peer.ip()) else {
+            tracing::warn!(client = %peer.ip(), "connection limit reached; closing the new connection");
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -240,14 +375,40 @@ async fn accept_loop(
                 Ok::<_, Infallible>(app.handle(req).await)
             }
         });
-        let conn = http1::Builder::new()
+        let mut builder = http1::Builder::new();
+        builder
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(64 << 10)
-            .serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
+            .max_buf_size(64 << 10);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _permit = permit;
+            let res = match tls {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                        .await
+                }
+                Some(acceptor) => {
+                    // The handshake shares the slowloris bound.
+                    let stream =
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                        .await
+                }
+            };
+            if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

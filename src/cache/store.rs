@@ -591,6 +591,80 @@ impl Store {
         }
     }
 
+    /// One background scrub pass: re-hashes every stored object at no more
+    /// than `rate` bytes/s and removes those that no longer match their
+    /// digest (a bit flipped on disk). Returns (checked, corrupt). Stops
+    /// early when `stop` is set.
+    pub fn scrub_pass(&self, rate: u64, stop: &AtomicBool) -> (usize, usize) {
+        let objects = match self.list() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "scrub: cannot list the store");
+                return (0, 0);
+            }
+        };
+        let started = std::time::Instant::now();
+        let mut read: u64 = 0;
+        let (mut checked, mut corrupt) = (0, 0);
+        let mut buf = vec![0u8; 1 << 20];
+        for (kind, d, path) in objects {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let verdict = (|| -> io::Result<bool> {
+                let mut f = File::open(&path)?;
+                let mut h = crate::digest::Hasher::new();
+                let mut first = kind == Kind::Manifest;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    read += n as u64;
+                    self.metrics.scrub_bytes.inc_by(n as u64);
+                    let mut chunk = &buf[..n];
+                    if first {
+                        // Skip the media type line of a stored manifest.
+                        match chunk.iter().position(|&b| b == b'\n') {
+                            Some(i) => {
+                                chunk = &chunk[i + 1..];
+                                first = false;
+                            }
+                            None => chunk = &[],
+                        }
+                    }
+                    h.update(chunk);
+                    // Pace to `rate`: sleep until the bytes read so far are due.
+                    let due = std::time::Duration::from_secs_f64(read as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                Ok(h.finish() == d)
+            })();
+            match verdict {
+                Ok(true) => {
+                    checked += 1;
+                    self.metrics.scrub_objects.with_label_values(&["ok"]).inc();
+                }
+                Ok(false) => {
+                    checked += 1;
+                    corrupt += 1;
+                    self.metrics
+                        .scrub_objects
+                        .with_label_values(&["corrupt"])
+                        .inc();
+                    tracing::error!(digest = %d, path = %path.display(), "scrub: stored object does not match its digest; removed");
+                    let _ = self.remove(kind, &d);
+                }
+                // Evicted or removed meanwhile.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "scrub: cannot read"),
+            }
+        }
+        (checked, corrupt)
+    }
+
     /// Every stored object, for `tender fsck`.
     pub fn list(&self) -> io::Result<Vec<(Kind, Digest, PathBuf)>> {
         let mut out = Vec::new();

@@ -1,0 +1,221 @@
+//! Hardening: the background scrub finds a flipped bit, connection limits
+//! hold, and the listener speaks TLS when configured.
+
+#[path = "support/fake.rs"]
+mod fake;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use fake::{random_bytes, registry_toml, Daemon, Fake};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_scrub_finds_a_flipped_bit_and_evicts_the_object() {
+    let fake = Fake::start().await;
+    let data = random_bytes(200_000, 1);
+    let digest = fake.put_blob(data.clone());
+    let d = Daemon::start(
+        &registry_toml("docker.io", true, &[&fake.url()]),
+        "scrub_interval = \"200ms\"",
+    )
+    .await;
+    let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
+    assert_eq!(
+        &client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()[..],
+        &data[..]
+    );
+    let path = d
+        .dir
+        .join("blobs/sha256")
+        .join(&digest[7..9])
+        .join(&digest[7..]);
+    assert!(wait_for(|| path.exists()).await);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4242] ^= 0x10;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(
+        wait_for(|| !path.exists()).await,
+        "the scrub must remove the corrupt blob"
+    );
+    assert!(d.metric("tender_scrub_objects_total{result=\"corrupt\"}") >= 1.0);
+    // The next pull fetches a good copy again.
+    assert_eq!(
+        &client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()[..],
+        &data[..]
+    );
+    assert_eq!(fake.blob_gets(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_more_than_its_share_of_connections() {
+    let fake = Fake::start().await;
+    let d = Daemon::start(
+        &registry_toml("docker.io", true, &[&fake.url()]),
+        "max_connections_per_client = 2",
+    )
+    .await;
+    let addr = d.running.as_ref().unwrap().addr;
+    // Two idle connections (a slow or stuck client) ...
+    let idle: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ... so a third from the same address is closed at once.
+    let mut third = std::net::TcpStream::connect(addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = third.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = third.read(&mut buf).unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the over-limit connection must be closed without an answer"
+    );
+    assert!(d.metric("tender_connections_rejected_total") >= 1.0);
+    // When one goes away, there is room again.
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        client().get(d.url("/v2/")).send().await.unwrap().status(),
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_speaks_tls_when_configured() {
+    let dir = std::env::temp_dir().join(format!("tender-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=tender test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                "key.pem",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let fake = Fake::start().await;
+    let extra = format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    );
+    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), &extra).await;
+    let addr = d.running.as_ref().unwrap().addr;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
+    let tls_client = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = tls_client
+        .get(format!("https://{addr}/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        client()
+            .get(format!("http://{addr}/v2/"))
+            .send()
+            .await
+            .is_err(),
+        "plain http must not be served"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
