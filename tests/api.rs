@@ -1018,3 +1018,29 @@ async fn the_metrics_listener_serves_metrics_and_health_only() {
     }
     assert!(fake.log().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_content_encoding_never_leaks_into_stored_bytes_or_responses() {
+    let fake = Fake::start().await;
+    let data = random_bytes(100_000, 13);
+    let digest = fake.put_blob(data.clone());
+    let d = one_upstream(&fake).await;
+    let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
+    // Bytes re-encoded on the way (what a gzip-ing proxy would send): never
+    // decoded, so they fail verification and are not stored.
+    fake.set_fault(Fault { content_encoding: Some("gzip".into()), flip_byte: true, ..Fault::default() });
+    let r = client().get(&url).send().await.unwrap();
+    assert!(r.status() != 200 || r.bytes().await.is_err());
+    let stored = d.dir.join("blobs/sha256").join(&digest[7..9]).join(&digest[7..]);
+    assert!(!stored.exists());
+    // A mislabelled but correct body is stored as the verified bytes, and
+    // clients are never told about the upstream's encoding.
+    fake.set_fault(Fault { content_encoding: Some("gzip".into()), ..Fault::default() });
+    for _ in 0..2 {
+        let r = client().get(&url).send().await.unwrap();
+        assert!(r.headers().get("content-encoding").is_none());
+        assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
+    }
+    // Tender never asks upstreams for an encoding.
+    assert!(fake.log().iter().all(|l| l.accept_encoding.is_none()), "{:?}", fake.log());
+}

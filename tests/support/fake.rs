@@ -28,6 +28,7 @@ pub struct Logged {
     pub authorization: Option<String>,
     pub range: Option<String>,
     pub accept: Option<String>,
+    pub accept_encoding: Option<String>,
 }
 
 /// Faults applied to `/v2/...` requests (never to `/token`).
@@ -63,6 +64,8 @@ pub struct Fault {
     pub blob_delay: Option<Duration>,
     /// Answer blob GETs with `200` and an empty body, whatever the digest.
     pub empty_blobs: bool,
+    /// Label blob bodies with this Content-Encoding (the bytes stay as stored).
+    pub content_encoding: Option<String>,
     /// Pace blob bodies to this many bytes per second.
     pub rate: Option<u64>,
     /// Delay manifest responses (so that concurrent resolves overlap).
@@ -257,6 +260,7 @@ async fn handle(
         authorization: h("authorization"),
         range: h("range"),
         accept: h("accept"),
+        accept_encoding: h("accept-encoding"),
     };
     st.log.lock().unwrap().push(logged.clone());
     let fault = st.fault.lock().unwrap().clone();
@@ -448,6 +452,9 @@ async fn handle(
         let hm = r.headers_mut();
         hm.insert("content-length", len.into());
         hm.insert("docker-content-digest", digest.parse().unwrap());
+        if let Some(ce) = &fault.content_encoding {
+            hm.insert("content-encoding", ce.parse().unwrap());
+        }
         if status == 206 {
             hm.insert(
                 "content-range",
