@@ -66,6 +66,10 @@ pub struct Registry {
     pub host: String,
     /// Serves requests that carry no `ns` (Docker's `registry-mirrors`).
     pub default: bool,
+    /// When a client presents credentials, check upstream with them that it
+    /// may read the content before serving it from the cache (KEP-2535
+    /// AlwaysVerify). Clients without credentials get the node's trust.
+    pub verify_client_credentials: bool,
     pub upstreams: Vec<Upstream>,
 }
 
@@ -158,6 +162,8 @@ struct RawRegistry {
     host: String,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    verify_client_credentials: bool,
     #[serde(default)]
     upstream: Vec<RawUpstream>,
 }
@@ -369,6 +375,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
         registries.push(Registry {
             host,
             default: r.default,
+            verify_client_credentials: r.verify_client_credentials,
             upstreams,
         });
     }

@@ -1028,19 +1028,90 @@ async fn upstream_content_encoding_never_leaks_into_stored_bytes_or_responses() 
     let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
     // Bytes re-encoded on the way (what a gzip-ing proxy would send): never
     // decoded, so they fail verification and are not stored.
-    fake.set_fault(Fault { content_encoding: Some("gzip".into()), flip_byte: true, ..Fault::default() });
+    fake.set_fault(Fault {
+        content_encoding: Some("gzip".into()),
+        flip_byte: true,
+        ..Fault::default()
+    });
     let r = client().get(&url).send().await.unwrap();
     assert!(r.status() != 200 || r.bytes().await.is_err());
-    let stored = d.dir.join("blobs/sha256").join(&digest[7..9]).join(&digest[7..]);
+    let stored = d
+        .dir
+        .join("blobs/sha256")
+        .join(&digest[7..9])
+        .join(&digest[7..]);
     assert!(!stored.exists());
     // A mislabelled but correct body is stored as the verified bytes, and
     // clients are never told about the upstream's encoding.
-    fake.set_fault(Fault { content_encoding: Some("gzip".into()), ..Fault::default() });
+    fake.set_fault(Fault {
+        content_encoding: Some("gzip".into()),
+        ..Fault::default()
+    });
     for _ in 0..2 {
         let r = client().get(&url).send().await.unwrap();
         assert!(r.headers().get("content-encoding").is_none());
         assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
     }
     // Tender never asks upstreams for an encoding.
-    assert!(fake.log().iter().all(|l| l.accept_encoding.is_none()), "{:?}", fake.log());
+    assert!(
+        fake.log().iter().all(|l| l.accept_encoding.is_none()),
+        "{:?}",
+        fake.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_verify_checks_a_clients_credentials_upstream_before_serving_cached_content() {
+    let fake = Fake::start().await;
+    fake.set_fault(Fault {
+        require_token: true,
+        token_basic: Some("alice:pw".into()),
+        ..Fault::default()
+    });
+    let (_, layers) = fake.put_image("private/app", "v1", &[random_bytes(2000, 14)]);
+    let dir = std::env::temp_dir().join(format!("tender-verify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("node"), "alice:pw\n").unwrap();
+    let toml = format!(
+        "[[registry]]\nhost = \"docker.io\"\ndefault = true\nverify_client_credentials = true\n  [[registry.upstream]]\n  url = \"{}\"\n  credentials_file = \"{}\"\n",
+        fake.url(),
+        dir.join("node").display()
+    );
+    let d = Daemon::start(&toml, "").await;
+    let basic = |up: &str| format!("Basic {}", fake::b64(up.as_bytes()));
+    let manifest = d.url("/v2/private/app/manifests/v1");
+    let blob = d.url(&format!("/v2/private/app/blobs/{}", layers[0]));
+    // No credentials: the node's trust (the content is cached with the node's credentials).
+    assert_eq!(client().get(&manifest).send().await.unwrap().status(), 200);
+    assert_eq!(client().get(&blob).send().await.unwrap().status(), 200);
+    // Credentials that the registry refuses: nothing from the cache.
+    for url in [&manifest, &blob] {
+        let r = client()
+            .get(url)
+            .header("authorization", basic("bob:guess"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            oci_error(r).await,
+            (StatusCode::FORBIDDEN, "DENIED".into()),
+            "{url}"
+        );
+    }
+    // Credentials that the registry accepts: served from the cache.
+    for url in [&manifest, &blob] {
+        let r = client()
+            .get(url)
+            .header("authorization", basic("alice:pw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+    }
+    assert_eq!(
+        fake.count("GET", "/blobs/"),
+        1,
+        "verification never re-downloads content"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

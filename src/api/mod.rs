@@ -45,6 +45,8 @@ impl Routes {
             let ctx = Arc::new(RegistryCtx {
                 host: r.host.clone(),
                 upstreams: Arc::new(Upstreams::new(r, config.timeouts, config.breaker, metrics)?),
+                verify_client_credentials: r.verify_client_credentials,
+                verified: std::sync::Mutex::default(),
             });
             if r.default {
                 default = Some(ctx.clone());
@@ -61,6 +63,10 @@ impl Routes {
 pub struct RegistryCtx {
     pub host: String,
     pub upstreams: Arc<Upstreams>,
+    verify_client_credentials: bool,
+    /// (hash of a client's Authorization, repository) → when an upstream
+    /// last confirmed that those credentials may read the repository.
+    verified: std::sync::Mutex<HashMap<(Digest, String), Instant>>,
 }
 
 /// A tag resolution's outcome, shared by coalesced callers.
@@ -225,6 +231,13 @@ impl App {
                 let reg = self.registry(req.uri().query())?;
                 info.registry = reg.host.clone();
                 info.repository = name.clone();
+                self.authorize(
+                    &reg,
+                    &name,
+                    &format!("manifests/{reference}"),
+                    req.headers(),
+                )
+                .await?;
                 self.manifest(&reg, &name, reference, req.headers(), head, info)
                     .await
             }
@@ -233,6 +246,8 @@ impl App {
                 let reg = self.registry(req.uri().query())?;
                 info.registry = reg.host.clone();
                 info.repository = name.clone();
+                self.authorize(&reg, &name, &format!("blobs/{digest}"), req.headers())
+                    .await?;
                 self.blob(&reg, &name, digest, req.headers(), head, info)
                     .await
             }
@@ -250,6 +265,54 @@ impl App {
                 info.result = "miss";
                 Ok(json_response(body, head))
             }
+        }
+    }
+
+    /// The AlwaysVerify policy: a client that presents credentials to a
+    /// registry with `verify_client_credentials` gets cached content only
+    /// after an upstream confirms, with those credentials, that it may read
+    /// the repository (confirmations are reused for `tag_ttl`). Clients
+    /// without credentials get the node's trust (kubelet's IfNotPresent).
+    async fn authorize(
+        &self,
+        reg: &RegistryCtx,
+        name: &str,
+        suffix: &str,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        if !reg.verify_client_credentials {
+            return Ok(());
+        }
+        let Some(auth) = headers.get(hyper::header::AUTHORIZATION) else {
+            return Ok(());
+        };
+        let key = (Digest::of(auth.as_bytes()), name.to_string());
+        let ttl = self.config.tag_ttl;
+        {
+            let v = reg.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if v.get(&key).is_some_and(|t| t.elapsed() < ttl) {
+                return Ok(());
+            }
+        }
+        let mut auth = auth.clone();
+        auth.set_sensitive(true);
+        match reg
+            .upstreams
+            .verify_client_access(name, suffix, &auth)
+            .await
+        {
+            Ok(()) => {
+                let mut v = reg.verified.lock().unwrap_or_else(|p| p.into_inner());
+                if v.len() > 10_000 {
+                    v.retain(|_, t| t.elapsed() < ttl);
+                }
+                v.insert(key, Instant::now());
+                Ok(())
+            }
+            Err(FetchError::NotFound) if suffix.starts_with("blobs/") => Err(ApiError::BlobUnknown),
+            Err(FetchError::NotFound) => Err(ApiError::ManifestUnknown),
+            // Fail closed: without a confirmation, nothing is served.
+            Err(e) => Err(ApiError::Upstream(e)),
         }
     }
 

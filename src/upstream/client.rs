@@ -237,9 +237,10 @@ impl UpstreamClient {
                 .filter_map(|v| v.to_str().ok())
                 .find_map(parse_challenge);
             let auth = match challenge {
-                Some(Challenge::Bearer { realm, service, .. }) => {
-                    Some(self.fetch_token(&realm, service.as_deref(), &scope).await?)
-                }
+                Some(Challenge::Bearer { realm, service, .. }) => Some(
+                    self.fetch_token(&realm, service.as_deref(), &scope, None)
+                        .await?,
+                ),
                 Some(Challenge::Basic) => {
                     self.basic.store(true, Ordering::Relaxed);
                     self.basic_header()
@@ -311,6 +312,65 @@ impl UpstreamClient {
         out
     }
 
+    /// `HEAD /v2/<prefix/repo>/<suffix>` with a client's `Authorization`
+    /// instead of ours: a Bearer token is sent as is; Basic credentials are
+    /// sent to the registry, or exchanged for a token at its realm (never to
+    /// a realm outside the upstream's domain). Ok means the client may read it.
+    pub async fn check_client_access(
+        &self,
+        repo: &str,
+        suffix: &str,
+        client_auth: &HeaderValue,
+    ) -> Result<(), UpstreamError> {
+        let repo_path = self.repo_path(repo);
+        let url = format!("{}/v2/{}/{}", self.url, repo_path, suffix);
+        let scope = format!("repository:{repo_path}:pull");
+        let is_basic = client_auth
+            .as_bytes()
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"basic "));
+        let first = if is_basic {
+            None
+        } else {
+            Some(client_auth.clone())
+        };
+        let mut resp = self
+            .send_once(Method::HEAD, &url, HeaderMap::new(), first)
+            .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED && is_basic {
+            let challenge = resp
+                .headers()
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(parse_challenge);
+            let auth = match challenge {
+                Some(Challenge::Bearer { realm, service, .. }) => {
+                    self.fetch_token(&realm, service.as_deref(), &scope, Some(client_auth))
+                        .await?
+                }
+                Some(Challenge::Basic) => client_auth.clone(),
+                None => {
+                    return Err(UpstreamError::Status {
+                        status: 401,
+                        retry_after: None,
+                    })
+                }
+            };
+            resp = self
+                .send_once(Method::HEAD, &url, HeaderMap::new(), Some(auth))
+                .await?;
+        }
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(UpstreamError::Status {
+                status: resp.status().as_u16(),
+                retry_after: None,
+            })
+        }
+    }
+
     fn cached_auth(&self, scope: &str) -> Option<HeaderValue> {
         if let Ok(tokens) = self.tokens.lock() {
             if let Some(t) = tokens.get(scope) {
@@ -333,11 +393,15 @@ impl UpstreamClient {
         Some(v)
     }
 
+    /// Gets a Bearer token for `scope` from the challenge's realm, with our
+    /// own credentials (`client_auth` None; the token is cached) or with a
+    /// client's Basic credentials (not cached: it is that client's token).
     async fn fetch_token(
         &self,
         realm: &str,
         service: Option<&str>,
         scope: &str,
+        client_auth: Option<&HeaderValue>,
     ) -> Result<HeaderValue, UpstreamError> {
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|e| UpstreamError::Auth(format!("token realm {realm:?} is not a URL: {e}")))?;
@@ -359,12 +423,23 @@ impl UpstreamClient {
             q.push(("service", s));
         }
         let mut req = self.http.get(realm_url).query(&q);
-        if let Some(c) = &self.creds {
-            if realm_in_trust_domain(&self.host, &realm_host) {
-                req = req.basic_auth(&c.user, Some(&c.pass));
-            } else {
-                tracing::warn!(upstream = %self.url, realm = %realm_host,
-                    "token realm outside the upstream's domain: asking anonymously");
+        let trusted = realm_in_trust_domain(&self.host, &realm_host);
+        match client_auth {
+            Some(a) if trusted => req = req.header(AUTHORIZATION, a.clone()),
+            Some(_) => {
+                return Err(UpstreamError::Auth(format!(
+                    "token realm {realm_host} is outside the upstream's domain; a client's credentials are not sent there"
+                )))
+            }
+            None => {
+                if let Some(c) = &self.creds {
+                    if trusted {
+                        req = req.basic_auth(&c.user, Some(&c.pass));
+                    } else {
+                        tracing::warn!(upstream = %self.url, realm = %realm_host,
+                            "token realm outside the upstream's domain: asking anonymously");
+                    }
+                }
             }
         }
         let resp = tokio::time::timeout(self.timeouts.header, req.send())
@@ -401,6 +476,9 @@ impl UpstreamClient {
         // Clamped: a hostile or broken expires_in must not overflow Instant.
         let ttl = Duration::from_secs(tr.expires_in.unwrap_or(60).clamp(10, 86_400));
         let expires = Instant::now() + ttl - Duration::from_secs(5);
+        if client_auth.is_some() {
+            return Ok(header);
+        }
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.retain(|_, t| t.expires > Instant::now());
             tokens.insert(

@@ -241,6 +241,29 @@ impl Upstreams {
         Err(walk.finish())
     }
 
+    /// Whether a client's credentials may read `suffix` (`manifests/<ref>` or
+    /// `blobs/<digest>`) in `repo`: allowed once any upstream says yes;
+    /// `Denied` when every upstream that answered refused them.
+    pub async fn verify_client_access(
+        &self,
+        repo: &str,
+        suffix: &str,
+        client_auth: &HeaderValue,
+    ) -> Result<(), FetchError> {
+        let mut walk = Walk::default();
+        for up in &self.clients {
+            if !up.health.allow() {
+                walk.skip(up);
+                continue;
+            }
+            match up.check_client_access(repo, suffix, client_auth).await {
+                Ok(()) => return Ok(()),
+                Err(e) => walk.record(up, &e),
+            }
+        }
+        Err(walk.finish())
+    }
+
     /// HEAD a blob: its size, without downloading it.
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, FetchError> {
         let mut walk = Walk::default();
