@@ -103,9 +103,12 @@ async fn a_disk_that_fills_mid_download_degrades_to_pass_through_and_never_error
     let a = random_bytes(3 << 20, 1);
     let b = random_bytes(3 << 20, 2);
     let (da, db) = (fake.put_blob(a.clone()), fake.put_blob(b.clone()));
+    // Bodies are held after their first chunk until both fills have passed
+    // the free-space check, so the disk really fills mid-download.
     fake.set_fault(Fault {
         chunk: Some(256 << 10),
         chunk_delay: Some(Duration::from_millis(10)),
+        gate: true,
         ..Fault::default()
     });
     let d = Daemon::start_in(
@@ -122,6 +125,8 @@ async fn a_disk_that_fills_mid_download_degrades_to_pass_through_and_never_error
             tokio::spawn(async move { get(u).await.map(|got| got == want) })
         })
         .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.release();
     for t in tasks {
         assert_eq!(
             t.await.unwrap(),

@@ -190,8 +190,8 @@ impl Fake {
     }
 
     pub fn release(&self) {
-        self.state.gate.notify_waiters();
         self.state.fault.lock().unwrap().gate = false;
+        self.state.gate.notify_waiters();
     }
 
     pub fn log(&self) -> Vec<Logged> {
@@ -428,9 +428,13 @@ async fn handle(
                 }
                 pos = end;
                 if first && fault.gate {
+                    // Register before checking, so a release in between is not missed.
+                    let released = st2.gate.notified();
+                    tokio::pin!(released);
+                    released.as_mut().enable();
                     let still_gated = st2.fault.lock().unwrap().gate;
                     if still_gated {
-                        st2.gate.notified().await;
+                        released.await;
                     }
                 }
                 first = false;
