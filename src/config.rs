@@ -269,7 +269,7 @@ fn validate(raw: RawConfig, problems: &mut Vec<String>) -> Config {
 
     let timeouts = Timeouts {
         connect: dur("connect_timeout", raw.connect_timeout.as_deref(), "5s"),
-        header: dur("header_timeout", raw.header_timeout.as_deref(), "10s"),
+        header: dur("header_timeout", raw.header_timeout.as_deref(), "5s"),
         stall: dur("stall_timeout", raw.stall_timeout.as_deref(), "15s"),
     };
     for (key, d) in [

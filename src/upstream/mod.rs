@@ -103,7 +103,12 @@ impl Walk {
         } else if matches!(e, UpstreamError::DigestMismatch { .. }) {
             self.integrity += 1;
         }
-        tracing::debug!(registry = %up.registry, upstream = %up.url, error = %e, "upstream failed");
+        // A 404 is an ordinary answer; anything else is worth an operator's eye.
+        if e.is_not_found() {
+            tracing::debug!(registry = %up.registry, upstream = %up.url, error = %e, "upstream does not have it");
+        } else {
+            tracing::info!(registry = %up.registry, upstream = %up.url, error = %e, "upstream failed; trying the next");
+        }
         self.failures.push(format!("{}: {e}", up.url));
     }
 
