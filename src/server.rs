@@ -379,6 +379,9 @@ async fn accept_loop(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
+            // Request heads are small; these are exact limits (431 beyond).
+            .max_header_size(64 << 10)
+            .max_headers(100)
             .max_buf_size(64 << 10);
         let watcher = graceful.watcher();
         let tls = tls.clone();

@@ -219,3 +219,28 @@ async fn the_listener_speaks_tls_when_configured() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_headers_are_refused() {
+    let fake = Fake::start().await;
+    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let addr = d.running.as_ref().unwrap().addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let big = "x".repeat(100 << 10);
+        let _ =
+            s.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes());
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a 100 KiB header must be refused, got: {}",
+        &answer[..answer.len().min(80)]
+    );
+    assert!(fake.log().is_empty());
+}

@@ -80,6 +80,42 @@ pub fn is_internal_ip(ip: IpAddr) -> bool {
     }
 }
 
+/// Name resolution that applies the redirect rules to what names resolve
+/// to, so a hostname cannot smuggle tender to an internal address: answers
+/// that are link-local are always dropped, and for a public upstream so are
+/// loopback and private ones (its configured egress proxy excepted).
+struct GuardedResolver {
+    public_upstream: bool,
+    proxy_host: Option<String>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let strict = self.public_upstream && self.proxy_host.as_deref() != Some(host.as_str());
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| {
+                    let ip = a.ip();
+                    let link_local = match ip {
+                        IpAddr::V4(v4) => v4.is_link_local(),
+                        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+                    };
+                    !link_local && !(strict && is_internal_ip(ip))
+                })
+                .collect();
+            if addrs.is_empty() {
+                let e: Box<dyn std::error::Error + Send + Sync> =
+                    format!("{host} resolves only to addresses tender may not connect to").into();
+                return Err(e);
+            }
+            let it: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(it)
+        })
+    }
+}
+
 /// Link-local addresses (cloud metadata services such as 169.254.169.254):
 /// never a redirect or token target, whatever the upstream.
 fn host_is_link_local(host: &str) -> bool {
@@ -132,8 +168,18 @@ impl UpstreamClient {
                 None => attempt.error("redirect without a host"),
             }
         });
+        let proxy_host = cfg
+            .proxy
+            .as_deref()
+            .and_then(|p| reqwest::Url::parse(p).ok())
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        let resolver = Arc::new(GuardedResolver {
+            public_upstream: !upstream_internal,
+            proxy_host,
+        });
         let mut b = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
+            .dns_resolver(resolver)
             .redirect(policy)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
@@ -601,6 +647,34 @@ mod tests {
         ] {
             assert_eq!(base64(i.as_bytes()), o);
         }
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_internal_addresses_are_refused_for_public_upstreams() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
+        let name = || reqwest::dns::Name::from_str("localhost").unwrap();
+        let public = GuardedResolver {
+            public_upstream: true,
+            proxy_host: None,
+        };
+        assert!(
+            public.resolve(name()).await.is_err(),
+            "localhost -> 127.0.0.1 must be refused"
+        );
+        let via_proxy = GuardedResolver {
+            public_upstream: true,
+            proxy_host: Some("localhost".into()),
+        };
+        assert!(
+            via_proxy.resolve(name()).await.is_ok(),
+            "the configured proxy may be internal"
+        );
+        let internal = GuardedResolver {
+            public_upstream: false,
+            proxy_host: None,
+        };
+        assert!(internal.resolve(name()).await.is_ok());
     }
 
     #[test]
