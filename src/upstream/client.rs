@@ -102,7 +102,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
                         IpAddr::V4(v4) => v4.is_link_local(),
                         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
                     };
-                    !link_local && !(strict && is_internal_ip(ip))
+                    let refused = link_local || (strict && is_internal_ip(ip));
+                    !refused
                 })
                 .collect();
             if addrs.is_empty() {
