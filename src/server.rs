@@ -115,7 +115,12 @@ pub async fn start(config: Config) -> Result<Running, String> {
         if own.ip().is_unspecified() {
             own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        tokio::spawn(scheduled_prefetch(format!("http://{own}"), p))
+        let scheme = if app.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tokio::spawn(scheduled_prefetch(format!("{scheme}://{own}"), p))
     });
     Ok(Running {
         addr,
@@ -130,7 +135,14 @@ pub async fn start(config: Config) -> Result<Running, String> {
 /// Pulls the configured images through this tender now and then every
 /// `interval`, so that a node has them before its pods ask.
 async fn scheduled_prefetch(base: String, p: crate::config::Prefetch) {
-    let client = match reqwest::Client::builder().no_proxy().build() {
+    // This talks to tender's own listener on loopback; with TLS there, its
+    // certificate is for the node's clients, so this one connection skips
+    // verification.
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .danger_accept_invalid_certs(base.starts_with("https://127.0.0.1"))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "prefetch disabled: no HTTP client");

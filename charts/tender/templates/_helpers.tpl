@@ -51,13 +51,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "tender.cacheDir" -}}/var/lib/tender{{- end -}}
 {{- define "tender.secretsDir" -}}/etc/tender-secrets{{- end -}}
 {{- define "tender.caDir" -}}/etc/tender-ca{{- end -}}
+{{/* TLS Secrets (kubernetes.io/tls): <tlsDir>/api for listen, <tlsDir>/metrics for metrics_listen. */}}
+{{- define "tender.tlsDir" -}}/etc/tender-tls{{- end -}}
+{{/* Whether metrics_listen is served with TLS ("true" or empty). */}}
+{{- define "tender.metricsTLS" -}}
+{{- if and .Values.metrics.address .Values.metrics.tls.secretName -}}true{{- end -}}
+{{- end -}}
 {{- define "tender.hostsMount" -}}
 {{- printf "/host/%s" (.Values.containerdHosts.hostsDir | trimPrefix "/") -}}
 {{- end -}}
 
-{{/* The mirror URL written into hosts.toml. */}}
+{{/* The mirror URL written into hosts.toml (https when the listen port has TLS). */}}
 {{- define "tender.mirrorURL" -}}
-{{- printf "http://127.0.0.1:%v" .Values.listen.port -}}
+{{- printf "%s://127.0.0.1:%v" (ternary "https" "http" (not (empty .Values.tls.secretName))) .Values.listen.port -}}
 {{- end -}}
 
 {{/* Distinct names of the credential Secrets used by upstreams, as a JSON list. */}}
@@ -114,6 +120,24 @@ tag_ttl = {{ .Values.tagTTL | toString | toJson }}
 connect_timeout = {{ .Values.timeouts.connect | toString | toJson }}
 header_timeout = {{ .Values.timeouts.header | toString | toJson }}
 stall_timeout = {{ .Values.timeouts.stall | toString | toJson }}
+breaker_failures = {{ .Values.breaker.failures | int64 }}
+breaker_cooldown = {{ .Values.breaker.cooldown | toString | toJson }}
+scrub_interval = {{ .Values.scrub.interval | toString | toJson }}
+scrub_rate = {{ .Values.scrub.rate | toString | toJson }}
+max_connections = {{ .Values.limits.maxConnections | int64 }}
+max_connections_per_client = {{ .Values.limits.maxConnectionsPerClient | int64 }}
+{{- $tlsDir := include "tender.tlsDir" . }}
+{{- if .Values.tls.secretName }}
+{{- if .Values.prefetch.images }}
+{{- fail "prefetch.images cannot be used with tls.secretName: tender's scheduled prefetch pulls from its own listen port over plain HTTP" }}
+{{- end }}
+tls_cert_file = {{ printf "%s/api/tls.crt" $tlsDir | toJson }}
+tls_key_file = {{ printf "%s/api/tls.key" $tlsDir | toJson }}
+{{- end }}
+{{- if include "tender.metricsTLS" . }}
+metrics_tls_cert_file = {{ printf "%s/metrics/tls.crt" $tlsDir | toJson }}
+metrics_tls_key_file = {{ printf "%s/metrics/tls.key" $tlsDir | toJson }}
+{{- end }}
 {{- $secretsDir := include "tender.secretsDir" . }}
 {{- $caDir := include "tender.caDir" . }}
 {{- $defaults := 0 }}
@@ -124,6 +148,9 @@ stall_timeout = {{ .Values.timeouts.stall | toString | toJson }}
 host = {{ .host | toJson }}
 {{- if .default }}
 default = true
+{{- end }}
+{{- if .verifyClientCredentials }}
+verify_client_credentials = true
 {{- end }}
 {{- if not .upstreams }}
 {{- fail (printf "registries: %s needs at least one upstream" .host) }}
