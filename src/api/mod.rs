@@ -86,7 +86,10 @@ pub struct App {
     pub tags: Tags,
     manifests: ManifestCache,
     tag_flights: Arc<Flights<String, TagOutcome>>,
-    digest_flights: Arc<Flights<Digest, Manifest>>,
+    /// Keyed by repository too: a "not found" in one repository must not
+    /// answer another's request (manifests are small; a rare duplicate
+    /// fetch is the price).
+    digest_flights: Arc<Flights<(Digest, String, String), Manifest>>,
     pub metrics: Arc<Metrics>,
     fill_ctx: FillContext,
 }
@@ -457,7 +460,7 @@ impl App {
         let name = name.to_string();
         let (res, joined) = self
             .digest_flights
-            .run(d, move || async move {
+            .run((d, reg.host.clone(), name.clone()), move || async move {
                 // Another flight may have stored it since our lookup.
                 if let Some(m) = app.manifest_local(&d).await {
                     return Ok(m);
