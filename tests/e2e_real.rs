@@ -5,6 +5,8 @@
 //! These tests need containerd, ctr, docker-registry and skopeo (Debian
 //! packages); `scripts/test` installs them. They fail, not skip, without them.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/realparts.rs"]
 mod realparts;
 #[path = "support/tender.rs"]
@@ -193,75 +195,7 @@ struct TlsFront {
 
 impl TlsFront {
     fn start(dir: &std::path::Path, backend: &str) -> TlsFront {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        run(&[
-            &["req", "-x509"][..],
-            &ec[..],
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=tender test CA",
-            ],
-        ]
-        .concat());
-        run(&[
-            &["req"][..],
-            &ec[..],
-            &[
-                "-keyout",
-                "srv.key",
-                "-out",
-                "srv.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        ]
-        .concat());
-        fs::write(
-            dir.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "srv.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        let certs = certs::make(dir);
         let port = free_port();
         let d = dir.display();
         fs::write(
@@ -294,7 +228,7 @@ impl TlsFront {
         TlsFront {
             child,
             port,
-            ca: dir.join("ca.pem"),
+            ca: certs.ca,
         }
     }
 }

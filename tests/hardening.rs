@@ -1,11 +1,12 @@
 //! Hardening: the background scrub finds a flipped bit, connection limits
 //! hold, and the listener speaks TLS when configured.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/fake.rs"]
 mod fake;
 
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::Duration;
 
 use fake::{random_bytes, registry_toml, Daemon, Fake};
@@ -116,88 +117,16 @@ async fn the_listener_speaks_tls_when_configured() {
     let dir = std::env::temp_dir().join(format!("tender-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .expect("openssl (apt-get install openssl)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec[..],
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=tender test CA",
-            ],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req"][..],
-            &ec[..],
-            &[
-                "-keyout",
-                "key.pem",
-                "-out",
-                "srv.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "cert.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
+    let certs = certs::make(&dir);
     let fake = Fake::start().await;
     let extra = format!(
         "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
-        dir.join("cert.pem").display(),
-        dir.join("key.pem").display()
+        certs.cert.display(),
+        certs.key.display()
     );
     let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), &extra).await;
     let addr = d.running.as_ref().unwrap().addr;
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&certs.ca).unwrap()).unwrap();
     let tls_client = reqwest::Client::builder()
         .no_proxy()
         .add_root_certificate(ca)

@@ -277,12 +277,7 @@ impl UpstreamClient {
             )
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            let challenge = resp
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(parse_challenge);
+            let challenge = first_challenge(&resp);
             let auth = match challenge {
                 Some(Challenge::Bearer { realm, service, .. }) => Some(
                     self.fetch_token(&realm, service.as_deref(), &scope, None)
@@ -385,12 +380,7 @@ impl UpstreamClient {
             .send_once(Method::HEAD, &url, HeaderMap::new(), first)
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED && is_basic {
-            let challenge = resp
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(parse_challenge);
+            let challenge = first_challenge(&resp);
             let auth = match challenge {
                 Some(Challenge::Bearer { realm, service, .. }) => {
                     self.fetch_token(&realm, service.as_deref(), &scope, Some(client_auth))
@@ -538,6 +528,15 @@ impl UpstreamClient {
         }
         Ok(header)
     }
+}
+
+/// The first `WWW-Authenticate` challenge tender can answer.
+fn first_challenge(resp: &reqwest::Response) -> Option<Challenge> {
+    resp.headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(parse_challenge)
 }
 
 /// An error and its causes, e.g. "error sending request: connection refused".
