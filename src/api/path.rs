@@ -206,6 +206,10 @@ fn percent_decode(s: &str) -> Result<String, ()> {
         match b[i] {
             b'%' => {
                 let hex = b.get(i + 1..i + 3).ok_or(())?;
+                // from_str_radix would accept a sign ("%+1"); an escape is two hex digits.
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return Err(());
+                }
                 let hs = std::str::from_utf8(hex).map_err(|_| ())?;
                 out.push(u8::from_str_radix(hs, 16).map_err(|_| ())?);
                 i += 3;
@@ -346,5 +350,8 @@ mod tests {
         assert_eq!(query_param(Some("foo=1"), "ns"), None);
         assert_eq!(query_param(None, "ns"), None);
         assert_eq!(query_param(Some("ns=%zz"), "ns"), Some(Err(())));
+        // Found by the fuzzer: a sign is not a hex digit.
+        assert_eq!(query_param(Some("ns=%+1"), "ns"), Some(Err(())));
+        assert_eq!(query_param(Some("ns=docker%+2eio"), "ns"), Some(Err(())));
     }
 }

@@ -79,7 +79,8 @@ impl RangeSpec {
         let unsat = RangeError::Unsatisfiable { total };
         match self {
             RangeSpec::From { start, end } => {
-                if start >= total {
+                // `parse` never yields end < start, but the fields are public.
+                if start >= total || end.is_some_and(|e| e < start) {
                     return Err(unsat);
                 }
                 let end = end.map_or(total - 1, |e| e.min(total - 1));
