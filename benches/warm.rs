@@ -58,6 +58,11 @@ fn main() {
         .join("cache/blobs/sha256")
         .join(&digest[7..9])
         .join(&digest[7..]);
+    // The commit (fsync, rename) may land just after the client's last byte.
+    assert!(realparts::wait_until(
+        std::time::Duration::from_secs(10),
+        || blob_file.exists()
+    ));
     let root = tmp.subdir("www");
     std::fs::copy(&blob_file, root.join("blob")).unwrap();
     let nport = realparts::free_port();
