@@ -246,6 +246,28 @@ impl Upstreams {
         Err(walk.finish())
     }
 
+    /// Tries `op` on each upstream in order, skipping those whose breaker
+    /// is open or that asked us to back off, until one succeeds; otherwise
+    /// the walk's verdict (unknown everywhere, denied, or unavailable).
+    async fn first_ok<T, F, Fut>(&self, mut op: F) -> Result<T, FetchError>
+    where
+        F: FnMut(Arc<UpstreamClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+    {
+        let mut walk = Walk::default();
+        for up in &self.clients {
+            if !up.health.allow() {
+                walk.skip(up);
+                continue;
+            }
+            match op(up.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => walk.record(up, &e),
+            }
+        }
+        Err(walk.finish())
+    }
+
     /// Whether a client's credentials may read `suffix` (`manifests/<ref>` or
     /// `blobs/<digest>`) in `repo`: allowed once any upstream says yes;
     /// `Denied` when every upstream that answered refused them.
@@ -255,36 +277,21 @@ impl Upstreams {
         suffix: &str,
         client_auth: &HeaderValue,
     ) -> Result<(), FetchError> {
-        let mut walk = Walk::default();
-        for up in &self.clients {
-            if !up.health.allow() {
-                walk.skip(up);
-                continue;
-            }
-            match up.check_client_access(repo, suffix, client_auth).await {
-                Ok(()) => return Ok(()),
-                Err(e) => walk.record(up, &e),
-            }
-        }
-        Err(walk.finish())
+        self.first_ok(|up| async move { up.check_client_access(repo, suffix, client_auth).await })
+            .await
     }
 
     /// HEAD a blob: its size, without downloading it.
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<Option<u64>, FetchError> {
-        let mut walk = Walk::default();
-        let suffix = format!("blobs/{digest}");
-        for up in &self.clients {
-            if !up.health.allow() {
-                walk.skip(up);
-                continue;
-            }
-            match up.send(Method::HEAD, repo, &suffix, HeaderMap::new()).await {
-                // Not `content_length()`: for HEAD that is the empty body's length.
-                Ok(r) => return Ok(header_u64(r.headers(), "content-length")),
-                Err(e) => walk.record(up, &e),
-            }
-        }
-        Err(walk.finish())
+        let suffix = &format!("blobs/{digest}");
+        self.first_ok(|up| async move {
+            let r = up
+                .send(Method::HEAD, repo, suffix, HeaderMap::new())
+                .await?;
+            // Not `content_length()`: for HEAD that is the empty body's length.
+            Ok(header_u64(r.headers(), "content-length"))
+        })
+        .await
     }
 
     /// GET a manifest by tag or digest, verified: by digest it must hash to
@@ -296,49 +303,36 @@ impl Upstreams {
         reference: &str,
         expect: Option<&Digest>,
     ) -> Result<FetchedManifest, FetchError> {
-        let mut walk = Walk::default();
-        let suffix = format!("manifests/{reference}");
-        for up in &self.clients {
-            if !up.health.allow() {
-                walk.skip(up);
-                continue;
-            }
+        let suffix = &format!("manifests/{reference}");
+        self.first_ok(|up| async move {
             let mut headers = HeaderMap::new();
             headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
-            let res = async {
-                let resp = up.send(Method::GET, repo, &suffix, headers).await?;
-                let content_type = resp
-                    .headers()
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v.split(';').next().unwrap_or("").trim().to_string());
-                let claimed = resp
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<Digest>().ok());
-                let bytes =
-                    client::read_limited(resp, MAX_MANIFEST_SIZE, up.timeouts.stall).await?;
-                let actual = Digest::of(&bytes);
-                if let Some(expected) = expect.copied().or(claimed) {
-                    if expected != actual {
-                        return Err(UpstreamError::DigestMismatch { expected, actual });
-                    }
+            let resp = up.send(Method::GET, repo, suffix, headers).await?;
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").trim().to_string());
+            let claimed = resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Digest>().ok());
+            let bytes = client::read_limited(resp, MAX_MANIFEST_SIZE, up.timeouts.stall).await?;
+            let actual = Digest::of(&bytes);
+            if let Some(expected) = expect.copied().or(claimed) {
+                if expected != actual {
+                    return Err(UpstreamError::DigestMismatch { expected, actual });
                 }
-                let media_type = manifest_media_type(content_type.as_deref(), &bytes)?;
-                Ok(FetchedManifest {
-                    bytes,
-                    media_type,
-                    digest: actual,
-                })
             }
-            .await;
-            match res {
-                Ok(m) => return Ok(m),
-                Err(e) => walk.record(up, &e),
-            }
-        }
-        Err(walk.finish())
+            let media_type = manifest_media_type(content_type.as_deref(), &bytes)?;
+            Ok(FetchedManifest {
+                bytes,
+                media_type,
+                digest: actual,
+            })
+        })
+        .await
     }
 
     /// HEAD a manifest: the digest the reference points at now.
@@ -347,65 +341,42 @@ impl Upstreams {
         repo: &str,
         reference: &str,
     ) -> Result<ManifestHead, FetchError> {
-        let mut walk = Walk::default();
-        let suffix = format!("manifests/{reference}");
-        for up in &self.clients {
-            if !up.health.allow() {
-                walk.skip(up);
-                continue;
-            }
+        let suffix = &format!("manifests/{reference}");
+        self.first_ok(|up| async move {
             let mut headers = HeaderMap::new();
             headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
-            match up.send(Method::HEAD, repo, &suffix, headers).await {
-                Ok(r) => {
-                    let digest = r
-                        .headers()
-                        .get("docker-content-digest")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok());
-                    return Ok(ManifestHead { digest });
-                }
-                Err(e) => walk.record(up, &e),
-            }
-        }
-        Err(walk.finish())
+            let r = up.send(Method::HEAD, repo, suffix, headers).await?;
+            let digest = r
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            Ok(ManifestHead { digest })
+        })
+        .await
     }
 
     /// GET `tags/list` (with the client's `n`/`last`), returning the JSON
     /// body with `name` rewritten to the client's repository name.
     pub async fn tags_list(&self, repo: &str, query: &str) -> Result<Bytes, FetchError> {
-        let mut walk = Walk::default();
-        let suffix = if query.is_empty() {
+        let suffix = &if query.is_empty() {
             "tags/list".to_string()
         } else {
             format!("tags/list?{query}")
         };
-        for up in &self.clients {
-            if !up.health.allow() {
-                walk.skip(up);
-                continue;
+        self.first_ok(|up| async move {
+            let resp = up.send(Method::GET, repo, suffix, HeaderMap::new()).await?;
+            let body = client::read_limited(resp, 16 << 20, up.timeouts.stall).await?;
+            let mut v: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| UpstreamError::Invalid(format!("tags/list is not JSON: {e}")))?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("name".into(), serde_json::Value::String(repo.to_string()));
             }
-            let res = async {
-                let resp = up
-                    .send(Method::GET, repo, &suffix, HeaderMap::new())
-                    .await?;
-                let body = client::read_limited(resp, 16 << 20, up.timeouts.stall).await?;
-                let mut v: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|e| UpstreamError::Invalid(format!("tags/list is not JSON: {e}")))?;
-                if let Some(obj) = v.as_object_mut() {
-                    obj.insert("name".into(), serde_json::Value::String(repo.to_string()));
-                }
-                serde_json::to_vec(&v)
-                    .map(Bytes::from)
-                    .map_err(|e| UpstreamError::Invalid(e.to_string()))
-            }
-            .await;
-            match res {
-                Ok(b) => return Ok(b),
-                Err(e) => walk.record(up, &e),
-            }
-        }
-        Err(walk.finish())
+            serde_json::to_vec(&v)
+                .map(Bytes::from)
+                .map_err(|e| UpstreamError::Invalid(e.to_string()))
+        })
+        .await
     }
 }
 
