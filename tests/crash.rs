@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fake::{random_bytes, registry_toml, Fake, Fault};
+use fake::{random_bytes, registry_toml, runtime, Fake, Fault};
 use tender::TenderProcess;
 
 fn fsck(cache: &Path) -> (i32, String) {
@@ -57,14 +57,6 @@ fn assert_store_verified(cache: &Path) -> usize {
         }
     }
     n
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]

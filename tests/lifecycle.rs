@@ -10,16 +10,8 @@ mod tender;
 
 use std::time::{Duration, Instant};
 
-use fake::{random_bytes, registry_toml, Fake, Fault};
+use fake::{random_bytes, registry_toml, runtime, Fake, Fault};
 use tender::TenderProcess;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn sighup_reload_switches_upstreams_for_new_requests() {

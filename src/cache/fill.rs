@@ -276,17 +276,22 @@ impl Fill {
             let view = {
                 let s = rx.borrow_and_update();
                 match &s.phase {
-                    Phase::Connecting => Ok((None, 0, None)),
+                    Phase::Connecting => Ok((None, 0, None, false)),
                     // Hold back one byte until verified.
-                    Phase::Streaming { total, file } => {
-                        Ok((Some(file.clone()), s.written.saturating_sub(1), *total))
+                    Phase::Streaming { total, file } => Ok((
+                        Some(file.clone()),
+                        s.written.saturating_sub(1),
+                        *total,
+                        false,
+                    )),
+                    Phase::Complete { size, file } => {
+                        Ok((Some(file.clone()), *size, Some(*size), true))
                     }
-                    Phase::Complete { size, file } => Ok((Some(file.clone()), *size, Some(*size))),
                     Phase::Failed(e) => Err(Err(e.to_string())),
                     Phase::Abandoned { file, total } => Err(Ok((file.clone(), *total))),
                 }
             };
-            let (file, limit, total) = match view {
+            let (file, limit, total, complete) = match view {
                 Ok(v) => v,
                 Err(Err(e)) => {
                     let _ = out.send(Err(io::Error::other(e))).await;
@@ -297,7 +302,6 @@ impl Fill {
                     return;
                 }
             };
-            let complete = file.is_some() && total == Some(limit) && limit_is_final(&rx);
             let end = match (end, total) {
                 (Some(e), _) => Some(e),
                 (None, t) => t,
@@ -508,10 +512,6 @@ pub async fn stream_file(
             }
         }
     }
-}
-
-fn limit_is_final(rx: &watch::Receiver<FillState>) -> bool {
-    matches!(rx.borrow().phase, Phase::Complete { .. })
 }
 
 fn died() -> FetchError {

@@ -645,3 +645,12 @@ impl Drop for FakeProxy {
         self.task.abort();
     }
 }
+
+/// A 2-worker runtime for synchronous tests that run an in-process fake.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
