@@ -4,18 +4,13 @@
 //!
 //! `cargo bench --bench coalesce`
 
-#[path = "../tests/support/fake.rs"]
-mod fake;
-#[path = "../tests/support/realparts.rs"]
-mod realparts;
-#[path = "support.rs"]
-mod support;
-#[path = "../tests/support/tender.rs"]
-mod tender;
+use testkit::bench as support;
+use testkit::tender;
 
 use std::time::Instant;
 
-use fake::{random_bytes, registry_toml, Fake, Fault};
+use testkit::fake::{registry_toml, Fake, Fault};
+use testkit::rng::random_bytes;
 
 const SIZE: usize = 64 << 20;
 const RATE: u64 = 125_000_000; // ~1 Gbit/s
@@ -37,7 +32,7 @@ fn main() {
         });
         let mut base = None;
         for n in [1usize, 8, 32] {
-            let tmp = realparts::TempDir::new("tender-bench-coalesce");
+            let tmp = testkit::process::TempDir::new("tender-bench-coalesce");
             let toml = registry_toml("docker.io", true, &[&fake.url()]);
             let t =
                 tokio::task::block_in_place(|| tender::TenderProcess::start(tmp.path(), &toml, ""));

@@ -2,15 +2,14 @@
 //!
 //! `cargo bench --bench index`
 
-#[path = "support.rs"]
-mod support;
+use testkit::bench as support;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use tender::cache::store::Store;
-use tender::digest::Digest;
 use tender::metrics::Metrics;
+use tender::oci::Digest;
+use tender::store::Store;
 
 const OBJECTS: usize = 100_000;
 
@@ -23,7 +22,7 @@ fn main() {
         for i in 0..OBJECTS {
             let body = format!("object {i}");
             let d = Digest::of(body.as_bytes());
-            let p = s.path(tender::cache::store::Kind::Blob, &d);
+            let p = s.path(tender::store::Kind::Blob, &d);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, body).unwrap();
         }

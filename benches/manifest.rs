@@ -4,16 +4,10 @@
 //!
 //! `cargo bench --bench manifest`
 
-#[path = "../tests/support/fake.rs"]
-mod fake;
-#[path = "../tests/support/realparts.rs"]
-mod realparts;
-#[path = "support.rs"]
-mod support;
-#[path = "../tests/support/tender.rs"]
-mod tender;
+use testkit::bench as support;
+use testkit::tender;
 
-use fake::{registry_toml, Fake};
+use testkit::fake::{registry_toml, Fake};
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -23,7 +17,7 @@ fn main() {
         .unwrap();
     let fake = rt.block_on(Fake::start());
     fake.put_image("library/app", "v1", &[b"layer".to_vec()]);
-    let tmp = realparts::TempDir::new("tender-bench-manifest");
+    let tmp = testkit::process::TempDir::new("tender-bench-manifest");
     let t = tender::TenderProcess::start(
         tmp.path(),
         &registry_toml("docker.io", true, &[&fake.url()]),
@@ -31,7 +25,7 @@ fn main() {
     );
     let url = t.url("/v2/library/app/manifests/v1?ns=docker.io");
     let accept = "Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
-    assert_eq!(realparts::http_get(&url).unwrap().status, 200);
+    assert_eq!(testkit::http::http_get(&url).unwrap().status, 200);
     for round in 0..2 {
         let r = support::wrk(&url, 2, 32, 8, &[accept]);
         assert_eq!(r.non_2xx, 0, "{}", r.raw);

@@ -5,14 +5,13 @@
 //!
 //! `cargo bench --bench pull` (needs containerd, ctr, docker-registry, skopeo)
 
-#[path = "../tests/support/realparts.rs"]
-mod realparts;
-#[path = "support.rs"]
-mod support;
-#[path = "../tests/support/tender.rs"]
-mod tender;
+use testkit::bench as support;
+use testkit::tender;
 
-use realparts::*;
+use testkit::containerd::*;
+use testkit::image::*;
+use testkit::process::*;
+use testkit::registry::*;
 
 const MIB: u64 = 1 << 20;
 const REF: &str = "docker.io/library/big:v1";

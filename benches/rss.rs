@@ -4,18 +4,13 @@
 //!
 //! `cargo bench --bench rss`
 
-#[path = "../tests/support/fake.rs"]
-mod fake;
-#[path = "../tests/support/realparts.rs"]
-mod realparts;
-#[path = "support.rs"]
-mod support;
-#[path = "../tests/support/tender.rs"]
-mod tender;
+use testkit::bench as support;
+use testkit::tender;
 
 use std::io::Write;
 
-use fake::{random_bytes, registry_toml, Fake};
+use testkit::fake::{registry_toml, Fake};
+use testkit::rng::random_bytes;
 
 const SIZE: usize = 256 << 20;
 const CLIENTS: usize = 32;
@@ -26,7 +21,7 @@ fn mib(b: u64) -> String {
 
 /// Writes a 256 MiB blob straight into the store layout; returns its digest.
 fn write_cached_blob(cache: &std::path::Path, block: &[u8], i: usize) -> String {
-    let mut h = ::tender::digest::Hasher::new();
+    let mut h = ::tender::oci::Hasher::new();
     let header = format!("blob {i}\n");
     let tmp = cache.join(format!("tmp-{i}"));
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
@@ -54,7 +49,7 @@ fn main() {
         .build()
         .unwrap();
     let fake = rt.block_on(Fake::start());
-    let tmp = realparts::TempDir::new("tender-bench-rss");
+    let tmp = testkit::process::TempDir::new("tender-bench-rss");
     let cache = tmp.path().join("tender/cache");
     std::fs::create_dir_all(&cache).unwrap();
     let block = random_bytes(1 << 20, 99);

@@ -3,18 +3,13 @@
 //!
 //! `cargo bench --bench warm`
 
-#[path = "../tests/support/fake.rs"]
-mod fake;
-#[path = "../tests/support/realparts.rs"]
-mod realparts;
-#[path = "support.rs"]
-mod support;
-#[path = "../tests/support/tender.rs"]
-mod tender;
+use testkit::bench as support;
+use testkit::tender;
 
 use std::time::Instant;
 
-use fake::{random_bytes, registry_toml, Fake};
+use testkit::fake::{registry_toml, Fake};
+use testkit::rng::random_bytes;
 
 const SIZE: usize = 64 << 20;
 const CLIENTS: usize = 8;
@@ -42,7 +37,7 @@ fn main() {
         .unwrap();
     let fake = rt.block_on(Fake::start());
     let digest = fake.put_blob(random_bytes(SIZE, 7));
-    let tmp = realparts::TempDir::new("tender-bench-warm");
+    let tmp = testkit::process::TempDir::new("tender-bench-warm");
     let t = tender::TenderProcess::start(
         tmp.path(),
         &registry_toml("docker.io", true, &[&fake.url()]),
@@ -59,13 +54,13 @@ fn main() {
         .join(&digest[7..9])
         .join(&digest[7..]);
     // The commit (fsync, rename) may land just after the client's last byte.
-    assert!(realparts::wait_until(
+    assert!(testkit::process::wait_until(
         std::time::Duration::from_secs(10),
         || blob_file.exists()
     ));
     let root = tmp.subdir("www");
     std::fs::copy(&blob_file, root.join("blob")).unwrap();
-    let nport = realparts::free_port();
+    let nport = testkit::process::free_port();
     let _nginx = support::Nginx::start(&tmp.subdir("nginx"), &root, nport);
     let naddr = format!("127.0.0.1:{nport}");
     tender::raw_get(&naddr, "/blob"); // warm up both page caches

@@ -128,7 +128,7 @@ impl Metrics {
             ),
             cache_size: gauge(
                 "tender_cache_size_bytes",
-                "Bytes of verified content in the cache.",
+                "Disk the cache takes (objects, tag records and directories, by allocated blocks); bounded by cache_max_size.",
             ),
             cache_entries: gauge(
                 "tender_cache_entries",

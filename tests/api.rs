@@ -2,13 +2,14 @@
 //! headers, ranges, Accept, errors, routing by `ns`, ordered fallback, token
 //! auth, redirects, proxies, integrity and tag revalidation.
 
-#[path = "support/fake.rs"]
-mod fake;
+use testkit::fake;
 
 use std::time::Duration;
 
-use fake::{random_bytes, registry_toml, Daemon, Fake, FakeProxy, Fault};
 use reqwest::StatusCode;
+use testkit::daemon::Daemon;
+use testkit::fake::{registry_toml, Fake, FakeProxy, Fault};
+use testkit::rng::random_bytes;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -1,12 +1,11 @@
 //! The cache engine: one upstream fetch per blob however many clients ask,
 //! leaders that go away, ranged followers, failure propagation, LRU bounds.
 
-#[path = "support/fake.rs"]
-mod fake;
-
 use std::time::Duration;
 
-use fake::{random_bytes, registry_toml, Daemon, Fake, Fault};
+use testkit::daemon::Daemon;
+use testkit::fake::{registry_toml, Fake, Fault};
+use testkit::rng::random_bytes;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
@@ -227,9 +226,9 @@ async fn the_lru_stays_bounded_and_a_blob_evicted_mid_read_still_completes() {
         .join(&digests[0][7..]);
     assert!(!path.exists(), "blob 0 should have been evicted");
     assert!(
-        d.app().store.total_size() <= 1_000_000,
+        d.cache().store().total_size() <= 1_000_000,
         "store over its bound: {}",
-        d.app().store.total_size()
+        d.cache().store().total_size()
     );
     assert!(d.metric("tender_cache_evictions_total") >= 1.0);
     // The reader that had it open still gets every byte.
@@ -252,7 +251,7 @@ async fn a_blob_larger_than_the_whole_cache_is_streamed_through_without_being_ke
     .await;
     let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
     assert_eq!(get(url.clone(), None).await.unwrap(), data);
-    assert_eq!(d.app().store.total_size(), 0);
+    assert_eq!(d.cache().store().total_size(), 0);
     assert_eq!(std::fs::read_dir(d.dir.join("tmp")).unwrap().count(), 0);
     assert_eq!(
         d.metric("tender_passthrough_total{reason=\"larger_than_cache\"}"),

@@ -2,19 +2,17 @@
 //! downloads leaves nothing unverified under a final name, a restart cleans
 //! up, and `tender fsck` finds and removes a flipped byte.
 
-#[path = "support/fake.rs"]
-mod fake;
-#[path = "support/realparts.rs"]
-mod realparts;
-#[path = "support/tender.rs"]
-mod tender;
+use testkit::fake;
+use testkit::tender;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use fake::{random_bytes, registry_toml, runtime, Fake, Fault};
-use tender::TenderProcess;
+use testkit::daemon::runtime;
+use testkit::fake::{registry_toml, Fake, Fault};
+use testkit::rng::random_bytes;
+use testkit::tender::TenderProcess;
 
 fn fsck(cache: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tender"))
@@ -70,14 +68,14 @@ fn kill_9_during_concurrent_downloads_leaves_nothing_unverified() {
         rate: Some(4_000_000),
         ..Fault::default()
     });
-    let tmp = realparts::TempDir::new("tender-crash");
+    let tmp = testkit::process::TempDir::new("tender-crash");
     let toml = registry_toml("docker.io", true, &[&fake.url()]);
     let mut t = TenderProcess::start(&tmp.subdir("t"), &toml, "");
     let clients: Vec<_> = digests
         .iter()
         .map(|d| {
             let url = t.url(&format!("/v2/library/app/blobs/{d}"));
-            std::thread::spawn(move || realparts::http_get(&url))
+            std::thread::spawn(move || testkit::http::http_get(&url))
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
@@ -102,7 +100,7 @@ fn kill_9_during_concurrent_downloads_leaves_nothing_unverified() {
     let mut t2 = TenderProcess::start_with_config(&tmp.path().join("t"), &t.config_path, t.port);
     assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
     for (d, b) in digests.iter().zip(&blobs) {
-        let r = realparts::http_get(&t2.url(&format!("/v2/library/app/blobs/{d}"))).unwrap();
+        let r = testkit::http::http_get(&t2.url(&format!("/v2/library/app/blobs/{d}"))).unwrap();
         assert_eq!(&r.body, b);
     }
     t2.stop();
@@ -121,21 +119,21 @@ fn fsck_finds_a_flipped_byte_removes_the_object_and_exits_non_zero() {
         "v1",
         &[random_bytes(300_000, 7), random_bytes(200_000, 8)],
     );
-    let tmp = realparts::TempDir::new("tender-fsck");
+    let tmp = testkit::process::TempDir::new("tender-fsck");
     let mut t = TenderProcess::start(
         &tmp.subdir("t"),
         &registry_toml("docker.io", true, &[&fake.url()]),
         "",
     );
     assert_eq!(
-        realparts::http_get(&t.url("/v2/library/app/manifests/v1"))
+        testkit::http::http_get(&t.url("/v2/library/app/manifests/v1"))
             .unwrap()
             .status,
         200
     );
     for l in &layers {
         assert_eq!(
-            realparts::http_get(&t.url(&format!("/v2/library/app/blobs/{l}")))
+            testkit::http::http_get(&t.url(&format!("/v2/library/app/blobs/{l}")))
                 .unwrap()
                 .status,
             200
@@ -177,7 +175,7 @@ fn peak_rss_stays_bounded_with_many_clients_on_large_blobs() {
     let fake = rt.block_on(Fake::start());
     let big = random_bytes(64 << 20, 200);
     let digest = fake.put_blob(big);
-    let tmp = realparts::TempDir::new("tender-rss");
+    let tmp = testkit::process::TempDir::new("tender-rss");
     let t = TenderProcess::start(
         &tmp.subdir("t"),
         &registry_toml("docker.io", true, &[&fake.url()]),

@@ -2,14 +2,13 @@
 //! cache degrade to pass-through: clients always get their bytes, verified.
 //! Each test mounts its own small tmpfs (needs root, as in CI).
 
-#[path = "support/fake.rs"]
-mod fake;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use fake::{random_bytes, registry_toml, Daemon, Fake, Fault};
+use testkit::daemon::Daemon;
+use testkit::fake::{registry_toml, Fake, Fault};
+use testkit::rng::random_bytes;
 
 struct Tmpfs {
     path: PathBuf,
@@ -188,8 +187,8 @@ async fn the_free_space_watermark_evicts_first_then_streams_through() {
     assert_eq!(get(url(&da)).await.unwrap(), a);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        d.app()
-            .store
+        d.cache()
+            .store()
             .blob_size(&da.parse().unwrap())
             .unwrap()
             .is_some(),
@@ -198,16 +197,16 @@ async fn the_free_space_watermark_evicts_first_then_streams_through() {
     assert_eq!(get(url(&db)).await.unwrap(), b);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        d.app()
-            .store
+        d.cache()
+            .store()
             .blob_size(&da.parse().unwrap())
             .unwrap()
             .is_none(),
         "a evicted to keep the watermark"
     );
     assert!(d
-        .app()
-        .store
+        .cache()
+        .store()
         .blob_size(&db.parse().unwrap())
         .unwrap()
         .is_some());

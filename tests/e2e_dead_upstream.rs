@@ -13,22 +13,19 @@
 //! Needs containerd, ctr, docker-registry and skopeo (Debian packages,
 //! installed by `scripts/test`); fails, not skips, without them.
 
-#[path = "support/fake.rs"]
-mod fake;
-#[path = "support/faulty.rs"]
-mod faulty;
-#[path = "support/realparts.rs"]
-mod realparts;
-#[path = "support/tender.rs"]
-mod tender;
+use testkit::faulty;
+use testkit::tender;
 
 use std::fs;
 use std::time::Duration;
 
-use fake::{Fake, Fault};
 use faulty::StallServer;
-use realparts::*;
-use tender::TenderProcess;
+use testkit::containerd::*;
+use testkit::fake::{Fake, Fault};
+use testkit::image::*;
+use testkit::process::*;
+use testkit::registry::*;
+use testkit::tender::TenderProcess;
 
 const UNREACHABLE_ORIGIN: &str = "https://127.0.0.1:9";
 const REPO: &str = "library/deadup";

@@ -5,18 +5,17 @@
 //! These tests need containerd, ctr, docker-registry and skopeo (Debian
 //! packages); `scripts/test` installs them. They fail, not skip, without them.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/realparts.rs"]
-mod realparts;
-#[path = "support/tender.rs"]
-mod tender;
+use testkit::certs;
 
 use std::fs;
 use std::process::Command;
 
-use realparts::*;
-use tender::TenderProcess;
+use testkit::containerd::*;
+use testkit::http::*;
+use testkit::image::*;
+use testkit::process::*;
+use testkit::registry::*;
+use testkit::tender::TenderProcess;
 
 const UNREACHABLE_ORIGIN: &str = "https://127.0.0.1:9";
 const MIB: u64 = 1 << 20;

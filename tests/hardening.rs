@@ -1,15 +1,14 @@
 //! Hardening: the background scrub finds a flipped bit, connection limits
 //! hold, and the listener speaks TLS when configured.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/fake.rs"]
-mod fake;
+use testkit::certs;
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use fake::{random_bytes, registry_toml, Daemon, Fake};
+use testkit::daemon::Daemon;
+use testkit::fake::{registry_toml, Fake};
+use testkit::rng::random_bytes;
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()

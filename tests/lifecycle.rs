@@ -1,17 +1,14 @@
 //! The daemon's life with the real binary: SIGHUP reloads upstreams for new
 //! requests, SIGTERM lets an in-flight blob finish, JSON logs.
 
-#[path = "support/fake.rs"]
-mod fake;
-#[path = "support/realparts.rs"]
-mod realparts;
-#[path = "support/tender.rs"]
-mod tender;
+use testkit::fake;
 
 use std::time::{Duration, Instant};
 
-use fake::{random_bytes, registry_toml, runtime, Fake, Fault};
-use tender::TenderProcess;
+use testkit::daemon::runtime;
+use testkit::fake::{registry_toml, Fake, Fault};
+use testkit::rng::random_bytes;
+use testkit::tender::TenderProcess;
 
 #[test]
 fn sighup_reload_switches_upstreams_for_new_requests() {
@@ -19,14 +16,14 @@ fn sighup_reload_switches_upstreams_for_new_requests() {
     let (a, b) = rt.block_on(async { (Fake::start().await, Fake::start().await) });
     let (da, _) = a.put_image("library/app", "v1", &[b"from a".to_vec()]);
     let (db, _) = b.put_image("library/app", "v1", &[b"from b".to_vec()]);
-    let tmp = realparts::TempDir::new("tender-hup");
+    let tmp = testkit::process::TempDir::new("tender-hup");
     let t = TenderProcess::start(
         &tmp.subdir("t"),
         &registry_toml("docker.io", true, &[&a.url()]),
         "tag_ttl = \"0s\"",
     );
     let digest = || {
-        let r = realparts::http_get(&t.url("/v2/library/app/manifests/v1")).unwrap();
+        let r = testkit::http::http_get(&t.url("/v2/library/app/manifests/v1")).unwrap();
         r.header("docker-content-digest")
             .unwrap_or_default()
             .to_string()
@@ -39,7 +36,7 @@ fn sighup_reload_switches_upstreams_for_new_requests() {
     std::fs::write(&t.config_path, text).unwrap();
     t.signal("HUP");
     assert!(
-        realparts::wait_until(Duration::from_secs(5), || digest() == db),
+        testkit::process::wait_until(Duration::from_secs(5), || digest() == db),
         "{}",
         t.log()
     );
@@ -66,14 +63,14 @@ fn sigterm_lets_an_in_flight_blob_finish_then_exits() {
         rate: Some(4_000_000),
         ..Fault::default()
     }); // ~1.5 s
-    let tmp = realparts::TempDir::new("tender-term");
+    let tmp = testkit::process::TempDir::new("tender-term");
     let mut t = TenderProcess::start(
         &tmp.subdir("t"),
         &registry_toml("docker.io", true, &[&fake.url()]),
         "",
     );
     let url = t.url(&format!("/v2/library/app/blobs/{digest}"));
-    let client = std::thread::spawn(move || realparts::http_get(&url));
+    let client = std::thread::spawn(move || testkit::http::http_get(&url));
     std::thread::sleep(Duration::from_millis(300));
     let asked = Instant::now();
     t.signal("TERM");
@@ -98,9 +95,9 @@ fn json_logs_are_one_object_per_line() {
     let rt = runtime();
     let fake = rt.block_on(Fake::start());
     let (_, layers) = fake.put_image("library/app", "v1", &[b"j".to_vec()]);
-    let tmp = realparts::TempDir::new("tender-json");
+    let tmp = testkit::process::TempDir::new("tender-json");
     let dir = tmp.subdir("t");
-    let port = realparts::free_port();
+    let port = testkit::process::free_port();
     let cfg = dir.join("tender.toml");
     std::fs::write(
         &cfg,
@@ -112,7 +109,7 @@ fn json_logs_are_one_object_per_line() {
     )
     .unwrap();
     let t = TenderProcess::start_with_env(&dir, &cfg, port, &[("TENDER_LOG_FORMAT", "json")]);
-    realparts::http_get(&t.url(&format!("/v2/library/app/blobs/{}", layers[0]))).unwrap();
+    testkit::http::http_get(&t.url(&format!("/v2/library/app/blobs/{}", layers[0]))).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let log = t.log();
     let mut request_lines = 0;
@@ -174,7 +171,7 @@ fn put_multiarch(fake: &Fake) -> (Vec<String>, Vec<String>) {
 
 fn realparts_manifest(fake: &Fake, repo: &str, digest: &str) -> Vec<u8> {
     let url = format!("{}/v2/{repo}/manifests/{digest}", fake.url());
-    realparts::http_get(&url).unwrap().body
+    testkit::http::http_get(&url).unwrap().body
 }
 
 #[test]
@@ -183,7 +180,7 @@ fn prefetch_warms_the_cache_with_only_the_requested_platform() {
     let fake = rt.block_on(Fake::start());
     let (amd, arm) = put_multiarch(&fake);
     fake.clear_log();
-    let tmp = realparts::TempDir::new("tender-prefetch");
+    let tmp = testkit::process::TempDir::new("tender-prefetch");
     let t = TenderProcess::start(
         &tmp.subdir("t"),
         &registry_toml("docker.io", true, &[&fake.url()]),
@@ -228,7 +225,7 @@ fn prefetch_warms_the_cache_with_only_the_requested_platform() {
     }
     // Now a pod's pull of those blobs is a hit.
     let before = t.metric("tender_requests_total{kind=\"blob\",result=\"hit\"}");
-    realparts::http_get(&t.url(&format!("/v2/library/multi/blobs/{}", arm[1]))).unwrap();
+    testkit::http::http_get(&t.url(&format!("/v2/library/multi/blobs/{}", arm[1]))).unwrap();
     assert_eq!(
         t.metric("tender_requests_total{kind=\"blob\",result=\"hit\"}"),
         before + 1.0
@@ -254,7 +251,7 @@ fn configured_prefetch_runs_when_tender_starts() {
         "v1",
         &[random_bytes(20_000, 50), random_bytes(20_000, 51)],
     );
-    let tmp = realparts::TempDir::new("tender-prefetch-cfg");
+    let tmp = testkit::process::TempDir::new("tender-prefetch-cfg");
     let _t = TenderProcess::start(
         &tmp.subdir("t"),
         &format!(
@@ -263,7 +260,10 @@ fn configured_prefetch_runs_when_tender_starts() {
         ),
         "",
     );
-    assert!(realparts::wait_until(Duration::from_secs(10), || layers
-        .iter()
-        .all(|l| fake.count("GET", &format!("/blobs/{l}")) == 1)));
+    assert!(testkit::process::wait_until(
+        Duration::from_secs(10),
+        || layers
+            .iter()
+            .all(|l| fake.count("GET", &format!("/blobs/{l}")) == 1)
+    ));
 }

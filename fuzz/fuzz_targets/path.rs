@@ -1,6 +1,6 @@
 //! Fuzzes the request-target parser: `tender::api::path::parse` (routes,
-//! repository names, tags), `tender::digest::Digest::from_str` (used by it for
-//! digest references) and `tender::api::path::query_param` (percent-decoding
+//! repository names, tags), `tender::oci::Digest::from_str` (used by it for
+//! digest references) and `tender::api::query::param` (percent-decoding
 //! of `ns`, `n`, `last`).
 //!
 //! The input is read as a request target: `<path>[?<query>]`.
@@ -8,8 +8,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tender::api::path::{self, PathError, Reference, Route, MAX_NAME_LEN};
-use tender::digest::{Digest, DigestError};
+use tender::api::path::{self, PathError, Route};
+use tender::api::query;
+use tender::oci::name::{valid_repository, valid_tag, MAX_NAME_LEN};
+use tender::oci::{Digest, DigestError, Reference};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(target) = std::str::from_utf8(data) else {
@@ -33,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_name(name: &str, p: &str) {
-    assert!(path::valid_repository(name), "{p:?}: name {name:?}");
+    assert!(valid_repository(name), "{p:?}: name {name:?}");
     assert!(!name.is_empty() && name.len() <= MAX_NAME_LEN, "{p:?}");
     assert!(!name.contains(".."), "{p:?}: name {name:?} has ..");
     assert!(!name.contains('%'), "{p:?}: name {name:?} has %");
@@ -77,7 +79,7 @@ fn check_route(p: &str) {
             check_name(&name, p);
             match &reference {
                 Reference::Tag(t) => {
-                    assert!(path::valid_tag(t), "{p:?}: tag {t:?}");
+                    assert!(valid_tag(t), "{p:?}: tag {t:?}");
                     assert!(!t.contains(':') && !t.contains('/'), "{p:?}");
                 }
                 Reference::Digest(d) => check_digest_value(d),
@@ -95,11 +97,11 @@ fn check_route(p: &str) {
         }
         Err(PathError::NotFound) => {}
         Err(PathError::NameInvalid(n)) => {
-            assert!(!path::valid_repository(&n), "{p:?}: rejected a valid name");
+            assert!(!valid_repository(&n), "{p:?}: rejected a valid name");
             assert!(p.contains(&n), "{p:?}");
         }
         Err(PathError::TagInvalid(t)) => {
-            assert!(!path::valid_tag(&t), "{p:?}: rejected a valid tag");
+            assert!(!valid_tag(&t), "{p:?}: rejected a valid tag");
             assert!(p.ends_with(&format!("/{t}")), "{p:?}");
         }
         Err(PathError::DigestInvalid { given, source }) => {
@@ -187,7 +189,7 @@ fn reference_decode(v: &str) -> Result<String, ()> {
 }
 
 fn check_query(query: Option<&str>, key: &str) {
-    let got = path::query_param(query, key);
+    let got = query::param(query, key).map(|r| r.map_err(|_| ()));
     let Some(q) = query else {
         assert_eq!(got, None);
         return;

@@ -1,4 +1,5 @@
-//! API errors and the one place they become HTTP status codes and OCI JSON.
+//! API errors, and the one place where any error becomes an HTTP status and
+//! an OCI JSON error body.
 
 use hyper::header::{HeaderValue, CONTENT_RANGE, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
@@ -6,60 +7,62 @@ use hyper::{Response, StatusCode};
 use super::body::ResponseBody;
 use super::path::PathError;
 use super::range::RangeError;
-use crate::upstream::FetchError;
+use crate::cache::CacheError;
+use crate::oci::ErrorCode;
+use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     Path(#[from] PathError),
-    #[error("registry {0:?} is not served by this mirror")]
-    UnknownNamespace(String),
-    #[error("no ns given and no default registry is configured")]
-    NoDefaultRegistry,
     #[error("the ns query parameter is not a registry host")]
     BadNamespace,
     #[error("{0} is not supported by a pull-through cache")]
     Unsupported(&'static str),
     #[error("method not allowed: this mirror is read-only")]
     MethodNotAllowed,
-    #[error("blob unknown")]
-    BlobUnknown,
-    #[error("manifest unknown")]
-    ManifestUnknown,
     #[error("the manifest has media type {0}, which the request's Accept header does not allow")]
     NotAcceptable(String),
     #[error("{0}")]
     Range(#[from] RangeError),
     #[error("{0}")]
-    Upstream(FetchError),
-    #[error("internal error: {0}")]
-    Internal(String),
+    Cache(#[from] CacheError),
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str) {
-        use ApiError::*;
+    fn parts(&self) -> (StatusCode, ErrorCode) {
+        use ErrorCode as C;
+        use StatusCode as S;
         match self {
-            Path(PathError::NotFound) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            Path(PathError::NameInvalid(_)) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
-            Path(PathError::TagInvalid(_)) => (StatusCode::BAD_REQUEST, "TAG_INVALID"),
-            Path(PathError::DigestInvalid { .. }) => (StatusCode::BAD_REQUEST, "DIGEST_INVALID"),
-            UnknownNamespace(_) | NoDefaultRegistry => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-            BadNamespace => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
-            Unsupported(_) | MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
-            BlobUnknown => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-            ManifestUnknown | NotAcceptable(_) => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
-            Range(RangeError::Malformed(_)) => (StatusCode::BAD_REQUEST, "RANGE_INVALID"),
-            Range(RangeError::Unsatisfiable { .. }) => {
-                (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID")
+            ApiError::Path(PathError::NotFound) => (S::NOT_FOUND, C::NotFound),
+            ApiError::Path(PathError::NameInvalid(_)) => (S::BAD_REQUEST, C::NameInvalid),
+            ApiError::Path(PathError::TagInvalid(_)) => (S::BAD_REQUEST, C::TagInvalid),
+            ApiError::Path(PathError::DigestInvalid { .. }) => (S::BAD_REQUEST, C::DigestInvalid),
+            ApiError::BadNamespace => (S::BAD_REQUEST, C::NameInvalid),
+            ApiError::Unsupported(_) | ApiError::MethodNotAllowed => {
+                (S::METHOD_NOT_ALLOWED, C::Unsupported)
             }
-            Upstream(FetchError::NotFound) => (StatusCode::NOT_FOUND, "NAME_UNKNOWN"),
-            Upstream(FetchError::Denied(_)) => (StatusCode::FORBIDDEN, "DENIED"),
-            Upstream(FetchError::Unavailable(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+            ApiError::NotAcceptable(_) => (S::NOT_FOUND, C::ManifestUnknown),
+            ApiError::Range(RangeError::Malformed(_)) => (S::BAD_REQUEST, C::RangeInvalid),
+            ApiError::Range(RangeError::Unsatisfiable { .. }) => {
+                (S::RANGE_NOT_SATISFIABLE, C::RangeInvalid)
             }
-            Upstream(FetchError::Integrity(_)) => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
+            ApiError::Cache(e) => match e {
+                CacheError::UnknownNamespace(_) | CacheError::NoDefaultRegistry => {
+                    (S::NOT_FOUND, C::NameUnknown)
+                }
+                CacheError::BlobUnknown => (S::NOT_FOUND, C::BlobUnknown),
+                CacheError::ManifestUnknown => (S::NOT_FOUND, C::ManifestUnknown),
+                CacheError::Upstream(UpstreamError::NotFound) => (S::NOT_FOUND, C::NameUnknown),
+                CacheError::Upstream(UpstreamError::Denied(_)) => (S::FORBIDDEN, C::Denied),
+                CacheError::Upstream(
+                    UpstreamError::Unavailable(_) | UpstreamError::Setup { .. },
+                ) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
+                CacheError::Upstream(UpstreamError::Integrity(_)) => (S::BAD_GATEWAY, C::Unknown),
+                CacheError::Store(_) | CacheError::Internal(_) => {
+                    (S::INTERNAL_SERVER_ERROR, C::Unknown)
+                }
+            },
         }
     }
 
@@ -71,12 +74,14 @@ impl ApiError {
     pub fn to_response(&self) -> Response<ResponseBody> {
         let (status, code) = self.parts();
         let detail = match self {
-            ApiError::UnknownNamespace(ns) => serde_json::json!({ "ns": ns }),
-            ApiError::Upstream(e) => serde_json::json!({ "upstream": e.to_string() }),
+            ApiError::Cache(CacheError::UnknownNamespace(ns)) => serde_json::json!({ "ns": ns }),
+            ApiError::Cache(CacheError::Upstream(e)) => {
+                serde_json::json!({ "upstream": e.to_string() })
+            }
             _ => serde_json::Value::Null,
         };
         let body = serde_json::json!({
-            "errors": [{ "code": code, "message": self.to_string(), "detail": detail }]
+            "errors": [{ "code": code.as_str(), "message": self.to_string(), "detail": detail }]
         });
         let mut resp = Response::new(ResponseBody::full(body.to_string()));
         *resp.status_mut() = status;
@@ -95,13 +100,5 @@ impl ApiError {
             h.insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         }
         resp
-    }
-}
-
-/// Maps a fetch failure for a specific kind of object.
-pub fn fetch_error(e: FetchError, unknown: ApiError) -> ApiError {
-    match e {
-        FetchError::NotFound => unknown,
-        other => ApiError::Upstream(other),
     }
 }

@@ -1,347 +1,281 @@
-//! The cache: content-addressed store, blob fills, tag mappings, a small
-//! in-memory manifest cache and single-flight for manifest work.
+//! The cache: the one type the HTTP layer calls, owning every cache policy.
+//!
+//! A request's path through it reads top-down:
+//! [`Cache::registry`] picks the registry by `ns` (closed world) →
+//! [`access`] checks a client's credentials where the registry asks for it →
+//! the store is looked up (`blob`, `manifests`; manifests read from disk are
+//! re-verified) → on a miss the request joins or starts the single in-flight
+//! fetch for its key ([`inflight`]) → which walks the registry's upstreams
+//! (`crate::upstream`) → and commits verified bytes to the store
+//! (`crate::store`). Tags are trusted for `tag_ttl`, then revalidated with a
+//! HEAD; when every upstream fails the last known digest is served. A blob
+//! the disk cannot take is streamed through.
+//!
+//! Every piece of state here is bounded: memory caches by entries or bytes
+//! (moka), in-flight maps by the work under way, and everything on disk by
+//! `cache_max_size`.
 
-pub mod fill;
-pub mod store;
+pub mod access;
+pub mod blob;
+pub mod inflight;
+pub mod manifests;
+pub mod tags;
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::hash::Hash;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use hyper::header::HeaderValue;
 
-use crate::digest::Digest;
-use crate::upstream::FetchError;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::oci::{Digest, Reference};
+use crate::store::{Store, StoreError};
+use crate::upstream::{Registries, UpstreamError, Upstreams};
+use access::Access;
+use blob::Blobs;
+pub use blob::{Blob, BodyStream};
+use inflight::Interrupted;
+pub use manifests::Manifest;
+use manifests::Manifests;
 
-/// A manifest as served: exact bytes, media type and digest.
-#[derive(Debug)]
-pub struct Manifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub bytes: Bytes,
+/// How a request was answered, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// From the cache.
+    Hit,
+    /// This request fetched it.
+    Miss,
+    /// It joined another request's fetch.
+    Coalesced,
 }
 
-/// Small, byte-bounded, FIFO-evicted memory cache of manifests, so that the
-/// hot path (a tag within `tag_ttl`) touches no disk.
-pub struct ManifestCache {
-    inner: Mutex<ManifestCacheInner>,
-    limit: usize,
-}
-
-#[derive(Default)]
-struct ManifestCacheInner {
-    map: HashMap<Digest, Arc<Manifest>>,
-    order: VecDeque<Digest>,
-    bytes: usize,
-}
-
-impl ManifestCache {
-    pub fn new(limit: usize) -> ManifestCache {
-        ManifestCache {
-            inner: Mutex::default(),
-            limit,
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Coalesced => "coalesced",
         }
     }
 
-    pub fn get(&self, d: &Digest) -> Option<Arc<Manifest>> {
-        self.inner.lock().ok()?.map.get(d).cloned()
-    }
-
-    pub fn insert(&self, m: Arc<Manifest>) {
-        let Ok(mut g) = self.inner.lock() else { return };
-        if m.bytes.len() > self.limit || g.map.contains_key(&m.digest) {
-            return;
-        }
-        g.bytes += m.bytes.len();
-        g.order.push_back(m.digest);
-        g.map.insert(m.digest, m);
-        while g.bytes > self.limit {
-            let Some(old) = g.order.pop_front() else {
-                break;
-            };
-            if let Some(o) = g.map.remove(&old) {
-                g.bytes -= o.bytes.len();
-            }
-        }
-    }
-
-    pub fn remove(&self, d: &Digest) {
-        if let Ok(mut g) = self.inner.lock() {
-            if let Some(o) = g.map.remove(d) {
-                g.bytes -= o.bytes.len();
-                g.order.retain(|x| x != d);
-            }
+    /// `Coalesced` for a request that followed another's work, else `own`.
+    fn of(followed: bool, own: Outcome) -> Outcome {
+        if followed {
+            Outcome::Coalesced
+        } else {
+            own
         }
     }
 }
 
-/// What a tag pointed at when last checked.
-#[derive(Debug, Clone, Copy)]
-pub struct TagEntry {
-    pub digest: Digest,
-    /// When an upstream last confirmed it; `None` if only known from disk
-    /// (a previous run), which counts as stale.
-    pub checked: Option<Instant>,
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("registry {0:?} is not served by this mirror")]
+    UnknownNamespace(String),
+    #[error("no ns given and no default registry is configured")]
+    NoDefaultRegistry,
+    #[error("blob unknown")]
+    BlobUnknown,
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    #[error("{0}")]
+    Upstream(UpstreamError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
-impl TagEntry {
-    pub fn is_fresh(&self, ttl: Duration) -> bool {
-        self.checked.is_some_and(|c| c.elapsed() < ttl)
+impl CacheError {
+    /// A walk's failure for a blob: not found anywhere is `BlobUnknown`.
+    fn blob(e: UpstreamError) -> CacheError {
+        match e {
+            UpstreamError::NotFound => CacheError::BlobUnknown,
+            e => CacheError::Upstream(e),
+        }
+    }
+
+    fn manifest(e: UpstreamError) -> CacheError {
+        match e {
+            UpstreamError::NotFound => CacheError::ManifestUnknown,
+            e => CacheError::Upstream(e),
+        }
     }
 }
 
-/// Tag → digest mappings, in memory and persisted under `tags/` so that a
-/// restarted tender can still resolve tags while every upstream is down.
-pub struct Tags {
-    dir: PathBuf,
-    mem: Mutex<HashMap<String, TagEntry>>,
+/// In-flight work whose leader vanished fails like an upstream nobody could reach.
+impl From<Interrupted> for UpstreamError {
+    fn from(i: Interrupted) -> UpstreamError {
+        UpstreamError::Unavailable(i.to_string())
+    }
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct TagFile {
-    key: String,
-    digest: String,
-    checked_unix: u64,
+/// A manifest answer: the manifest and how it was found.
+pub struct ManifestAnswer {
+    pub manifest: Arc<Manifest>,
+    pub outcome: Outcome,
 }
 
-impl Tags {
-    pub fn new(dir: PathBuf) -> std::io::Result<Tags> {
-        std::fs::create_dir_all(&dir)?;
-        Ok(Tags {
-            dir,
-            mem: Mutex::default(),
+pub struct Cache {
+    /// The config the cache started with (reload changes only registries).
+    config: Config,
+    /// Swapped whole on reload (SIGHUP); requests in flight keep the
+    /// registries they started with.
+    registries: RwLock<Arc<Registries>>,
+    store: Arc<Store>,
+    blobs: Blobs,
+    manifests: Arc<Manifests>,
+    access: Access,
+}
+
+impl Cache {
+    /// Opens the store under `config.cache_dir` (its index is rebuilt later,
+    /// see [`Store::rebuild_index`]) and sets up every registry's upstreams.
+    pub fn open(config: Config, metrics: Arc<Metrics>) -> Result<Cache, CacheError> {
+        let store = Store::open(&config.cache_dir, config.cache_max_size, metrics.clone())
+            .map_err(|e| {
+                CacheError::Internal(format!("cache_dir {}: {e}", config.cache_dir.display()))
+            })?
+            .with_min_free(config.min_free_space);
+        let store = Arc::new(store);
+        let registries = Registries::new(&config, &metrics).map_err(CacheError::Upstream)?;
+        Ok(Cache {
+            registries: RwLock::new(Arc::new(registries)),
+            blobs: Blobs::new(store.clone(), metrics.clone()),
+            manifests: Arc::new(Manifests::new(store.clone(), config.tag_ttl, metrics)),
+            access: Access::new(config.tag_ttl),
+            store,
+            config,
         })
     }
 
-    pub fn key(registry: &str, repo: &str, tag: &str) -> String {
-        format!("{registry}/{repo}:{tag}")
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
-    fn file(&self, key: &str) -> PathBuf {
-        self.dir.join(Digest::of(key.as_bytes()).hex())
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
-    /// The in-memory entry, without touching disk (the hot path).
-    pub fn get_mem(&self, key: &str) -> Option<TagEntry> {
-        self.mem.lock().ok()?.get(key).copied()
+    pub fn manifests(&self) -> &Manifests {
+        &self.manifests
     }
 
-    /// The entry from memory or, after a restart, from disk.
-    pub async fn get(&self, key: &str) -> Option<TagEntry> {
-        if let Some(e) = self.get_mem(key) {
-            return Some(e);
+    /// Replaces the registries and their upstreams with those of `config`
+    /// (SIGHUP). Requests already under way finish with the old ones. Other
+    /// settings need a restart; a change to them is reported and ignored.
+    pub fn reload(&self, config: &Config, metrics: &Arc<Metrics>) -> Result<(), CacheError> {
+        let registries = Registries::new(config, metrics).map_err(CacheError::Upstream)?;
+        let old = &self.config;
+        let mut ignored = Vec::new();
+        if config.listen != old.listen || config.metrics_listen != old.metrics_listen {
+            ignored.push("listen/metrics_listen");
         }
-        let path = self.file(key);
-        let text = tokio::fs::read(&path).await.ok()?;
-        let tf: TagFile = serde_json::from_slice(&text).ok()?;
-        if tf.key != key {
-            return None;
+        if config.cache_dir != old.cache_dir || config.cache_max_size != old.cache_max_size {
+            ignored.push("cache_dir/cache_max_size");
         }
-        let entry = TagEntry {
-            digest: tf.digest.parse().ok()?,
-            checked: None,
-        };
-        if let Ok(mut m) = self.mem.lock() {
-            m.entry(key.to_string()).or_insert(entry);
+        if config.tag_ttl != old.tag_ttl || config.min_free_space != old.min_free_space {
+            ignored.push("tag_ttl/min_free_space");
         }
-        Some(entry)
+        if !ignored.is_empty() {
+            tracing::warn!(settings = ?ignored, "these settings change only on restart");
+        }
+        *self.registries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registries);
+        tracing::info!(
+            registries = config.registries.len(),
+            "registries and upstreams reloaded"
+        );
+        Ok(())
     }
 
-    /// Records that an upstream just confirmed `key` → `digest`.
-    pub async fn set(&self, key: &str, digest: Digest) {
-        let changed = {
-            let Ok(mut m) = self.mem.lock() else { return };
-            let prev = m.insert(
-                key.to_string(),
-                TagEntry {
-                    digest,
-                    checked: Some(Instant::now()),
-                },
-            );
-            prev.is_none_or(|p| p.digest != digest || p.checked.is_none())
-        };
-        if changed {
-            let tf = TagFile {
-                key: key.to_string(),
-                digest: digest.to_string(),
-                checked_unix: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            };
-            let path = self.file(key);
-            let res = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                // Written whole then renamed: a crash leaves the old mapping or the new one.
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, serde_json::to_vec(&tf)?)?;
-                std::fs::rename(&tmp, &path)
-            })
-            .await;
-            if let Ok(Err(e)) = res {
-                tracing::warn!(tag = key, error = %e, "could not persist tag mapping");
+    /// The registry a request is for: `ns` if given (closed world: only
+    /// configured registries, no client-chosen dial targets), else the
+    /// default registry.
+    pub fn registry(&self, ns: Option<&str>) -> Result<Arc<Upstreams>, CacheError> {
+        let registries = self
+            .registries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match ns {
+            None => registries
+                .default_registry()
+                .ok_or(CacheError::NoDefaultRegistry),
+            Some(ns) => {
+                let ns = ns.to_ascii_lowercase();
+                registries
+                    .get(&ns)
+                    .ok_or_else(|| CacheError::UnknownNamespace(ns.chars().take(255).collect()))
             }
         }
     }
 
-    pub async fn remove(&self, key: &str) {
-        if let Ok(mut m) = self.mem.lock() {
-            m.remove(key);
+    /// A manifest by tag or digest.
+    pub async fn manifest(
+        &self,
+        ups: &Arc<Upstreams>,
+        repo: &str,
+        reference: &Reference,
+        credentials: Option<&HeaderValue>,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let suffix = format!("manifests/{reference}");
+        self.access.check(ups, repo, &suffix, credentials).await?;
+        let (manifest, outcome) = match reference {
+            Reference::Digest(d) => self.manifests.by_digest(ups, repo, *d).await,
+            Reference::Tag(t) => self.manifests.by_tag(ups, repo, t).await,
         }
-        let _ = tokio::fs::remove_file(self.file(key)).await;
-    }
-}
-
-/// Result shared by every caller of one flight.
-pub type Shared<T> = Result<Arc<T>, FetchError>;
-
-/// Single flight: concurrent calls with the same key share one execution of
-/// the work, which runs as its own task so that no caller's cancellation
-/// cancels it. If the task dies, callers get an error instead of hanging.
-pub struct Flights<K, T> {
-    map: Mutex<HashMap<K, watch::Receiver<Option<Shared<T>>>>>,
-}
-
-impl<K, T> Default for Flights<K, T> {
-    fn default() -> Self {
-        Flights {
-            map: Mutex::default(),
-        }
-    }
-}
-
-impl<K, T> Flights<K, T>
-where
-    K: Eq + Hash + Clone + Send + Sync + 'static,
-    T: Send + Sync + 'static,
-{
-    /// Runs `work` unless a flight for `key` is under way; returns the
-    /// shared result and whether this call joined an existing flight.
-    pub async fn run<F, Fut>(self: &Arc<Self>, key: K, work: F) -> (Shared<T>, bool)
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Shared<T>> + Send + 'static,
-    {
-        let (mut rx, joined) = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            match map.get(&key) {
-                Some(rx) => (rx.clone(), true),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    map.insert(key.clone(), rx.clone());
-                    let fut = work();
-                    let guard = FlightGuard {
-                        flights: self.clone(),
-                        key: Some(key),
-                    };
-                    tokio::spawn(async move {
-                        let out = fut.await;
-                        // Remove first: a caller arriving after this sees the
-                        // result in the caches, not a finished flight. (If the
-                        // work panics, the guard removes the key and the
-                        // dropped sender fails the waiters.)
-                        drop(guard);
-                        let _ = tx.send(Some(out));
-                    });
-                    (rx, false)
-                }
-            }
-        };
-        loop {
-            if let Some(v) = rx.borrow_and_update().as_ref() {
-                return (v.clone(), joined);
-            }
-            if rx.changed().await.is_err() {
-                return (
-                    Err(FetchError::Unavailable(
-                        "the fetch ended unexpectedly".into(),
-                    )),
-                    joined,
-                );
-            }
-        }
-    }
-}
-
-struct FlightGuard<K: Eq + Hash, T> {
-    flights: Arc<Flights<K, T>>,
-    key: Option<K>,
-}
-
-impl<K: Eq + Hash, T> Drop for FlightGuard<K, T> {
-    fn drop(&mut self) {
-        if let Some(k) = self.key.take() {
-            self.flights
-                .map
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&k);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[tokio::test]
-    async fn concurrent_flights_run_the_work_once() {
-        let flights: Arc<Flights<&'static str, u32>> = Arc::default();
-        let runs = Arc::new(AtomicUsize::new(0));
-        let mut handles = Vec::new();
-        for _ in 0..10 {
-            let f = flights.clone();
-            let runs = runs.clone();
-            handles.push(tokio::spawn(async move {
-                f.run("k", || async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Ok(Arc::new(7))
-                })
-                .await
-            }));
-        }
-        let mut joined = 0;
-        for h in handles {
-            let (v, j) = h.await.unwrap();
-            assert_eq!(*v.unwrap(), 7);
-            joined += j as usize;
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert_eq!(joined, 9);
+        .map_err(CacheError::manifest)?;
+        Ok(ManifestAnswer { manifest, outcome })
     }
 
-    #[tokio::test]
-    async fn a_panicking_flight_fails_its_waiters_and_frees_its_key() {
-        let flights: Arc<Flights<&'static str, u32>> = Arc::default();
-        let (res, _) = flights
-            .run("k", || async {
-                if true {
-                    panic!("boom");
-                }
-                Ok(Arc::new(1))
-            })
-            .await;
-        assert!(res.is_err());
-        let (res, joined) = flights.run("k", || async { Ok(Arc::new(2)) }).await;
-        assert_eq!((*res.unwrap(), joined), (2, false));
+    /// A blob for GET, ready to stream from any offset.
+    pub async fn blob(
+        &self,
+        ups: &Arc<Upstreams>,
+        repo: &str,
+        digest: Digest,
+        credentials: Option<&HeaderValue>,
+    ) -> Result<Blob, CacheError> {
+        self.access
+            .check(ups, repo, &format!("blobs/{digest}"), credentials)
+            .await?;
+        self.blobs.get(ups, repo, digest).await
     }
 
-    #[test]
-    fn manifest_cache_is_bounded() {
-        let c = ManifestCache::new(10);
-        for i in 0..5u8 {
-            c.insert(Arc::new(Manifest {
-                digest: Digest::of(&[i]),
-                media_type: "x".into(),
-                bytes: Bytes::from(vec![i; 4]),
-            }));
-        }
-        assert!(c.get(&Digest::of(&[0])).is_none());
-        assert!(c.get(&Digest::of(&[4])).is_some());
+    /// A blob's size for HEAD, without downloading an uncached blob.
+    pub async fn blob_head(
+        &self,
+        ups: &Arc<Upstreams>,
+        repo: &str,
+        digest: Digest,
+        credentials: Option<&HeaderValue>,
+    ) -> Result<(Option<u64>, Outcome), CacheError> {
+        self.access
+            .check(ups, repo, &format!("blobs/{digest}"), credentials)
+            .await?;
+        self.blobs.head(ups, repo, digest).await
+    }
+
+    /// `tags/list`, passed through to the upstreams (tag lists are not cached).
+    pub async fn tags_list(
+        &self,
+        ups: &Arc<Upstreams>,
+        repo: &str,
+        query: &str,
+    ) -> Result<Bytes, CacheError> {
+        ups.tags_list(repo, query)
+            .await
+            .map_err(CacheError::Upstream)
+    }
+
+    /// Whether the store's index is built (before that, eviction cannot see
+    /// the cold objects; lookups work all along).
+    pub fn is_ready(&self) -> bool {
+        self.store.is_indexed()
+    }
+
+    /// Blob fills under way (shutdown waits for them to commit).
+    pub fn fills_in_flight(&self) -> usize {
+        self.blobs.fills_in_flight()
     }
 }

@@ -13,11 +13,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntGauge;
 
-#[derive(Debug, Clone, Copy)]
-pub struct BreakerPolicy {
-    pub failures: u32,
-    pub cooldown: Duration,
-}
+use crate::config::BreakerPolicy;
 
 const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);

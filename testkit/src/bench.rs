@@ -1,5 +1,4 @@
-//! Shared bench helpers: wrk and nginx runners, RSS sampling, result lines.
-#![allow(dead_code)]
+//! Bench helpers: wrk and nginx runners, RSS sampling, result lines.
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,7 +1,6 @@
 //! Test certificates made with the openssl CLI: a CA, and a server
 //! certificate for IP 127.0.0.1 signed by it (rustls refuses a CA
 //! certificate used as a server certificate, so a self-signed one won't do).
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

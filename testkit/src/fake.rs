@@ -1,6 +1,6 @@
-//! An in-process fake registry for integration tests: serves blobs and
-//! manifests put into it, counts every request, and injects faults.
-#![allow(dead_code)]
+//! An in-process fake registry: serves blobs and manifests put into it,
+//! logs and counts every request, and injects faults. Also a fake forward
+//! proxy.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -16,7 +17,6 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::Digest as _;
-use tender::api::body::ResponseBody;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 
@@ -447,6 +447,10 @@ async fn handle(
                 }
             }
             if limit < body.len() {
+                // Let hyper write out what was sent first: on a body error it
+                // drops the connection with whatever is still buffered, and
+                // the fault is "breaks after N bytes", not "never answers".
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 let _ = tx
                     .send(Err(std::io::Error::other("fault: truncated")))
                     .await;
@@ -472,102 +476,9 @@ async fn handle(
     error(404, "NOT_FOUND")
 }
 
+/// Standard base64 (for Basic credentials).
 pub fn b64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in input.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A tender daemon in this process, on a free port, with its own cache dir.
-pub struct Daemon {
-    pub running: Option<tender::server::Running>,
-    pub base: String,
-    pub dir: std::path::PathBuf,
-}
-
-impl Daemon {
-    pub async fn start(registries_toml: &str, extra: &str) -> Daemon {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "tender-it-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        Daemon::start_in(dir, registries_toml, extra).await
-    }
-
-    pub async fn start_in(dir: std::path::PathBuf, registries_toml: &str, extra: &str) -> Daemon {
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\n{extra}\n{registries_toml}",
-            dir.display()
-        );
-        let config = tender::config::Config::parse(&text, "test").unwrap();
-        let running = tender::server::start(config).await.unwrap();
-        let base = format!("http://{}", running.addr);
-        Daemon {
-            running: Some(running),
-            base,
-            dir,
-        }
-    }
-
-    pub fn app(&self) -> &Arc<tender::api::App> {
-        &self.running.as_ref().unwrap().app
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    pub async fn stop(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.shutdown().await;
-        }
-    }
-
-    pub fn metric(&self, sample: &str) -> f64 {
-        let text = String::from_utf8(self.app().metrics.render()).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
 /// `[[registry]]` TOML for `host` with the given upstream URLs, in order.
@@ -646,11 +557,43 @@ impl Drop for FakeProxy {
     }
 }
 
-/// A 2-worker runtime for synchronous tests that run an in-process fake.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+/// The fake's response body: whole, empty, or chunks from a task (an `Err`
+/// breaks the connection mid-body).
+pub enum ResponseBody {
+    Full(Option<Bytes>),
+    Stream(mpsc::Receiver<std::io::Result<Bytes>>),
+}
+
+impl ResponseBody {
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Full(None)
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Full(Some(b.into()))
+    }
+
+    pub fn stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ResponseBody {
+        ResponseBody::Stream(rx)
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::io::Result<hyper::body::Frame<Bytes>>>> {
+        use std::task::Poll;
+        match &mut *self {
+            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(hyper::body::Frame::data(b)))),
+            ResponseBody::Stream(rx) => match rx.poll_recv(cx) {
+                Poll::Ready(Some(r)) => Poll::Ready(Some(r.map(hyper::body::Frame::data))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }

@@ -1,12 +1,34 @@
-//! Runs the real `tender` binary as a child process for end-to-end tests.
-#![allow(dead_code)]
+//! Runs the real `tender` binary as a child process for end-to-end tests
+//! and benches.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::realparts::{free_port, http_get, wait_until};
+use crate::http::http_get;
+use crate::process::{free_port, signal, wait_until};
+
+/// The `tender` binary: `TENDER_BIN`, else the one cargo built beside the
+/// running test or bench (`target/<profile>/tender`; tests and benches run
+/// from `target/<profile>/deps`).
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TENDER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("tender");
+    assert!(
+        bin.is_file(),
+        "{} is not built (cargo builds it for integration tests and benches; or set TENDER_BIN)",
+        bin.display()
+    );
+    bin
+}
 
 pub struct TenderProcess {
     child: Child,
@@ -46,7 +68,7 @@ impl TenderProcess {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tender"))
+        let child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(config_path)
             .env("TENDER_LOG", "info")
@@ -96,19 +118,12 @@ impl TenderProcess {
 
     /// SIGTERM and wait: tender drains connections and commits fills.
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        signal(self.child.id(), "TERM");
         let _ = self.child.wait();
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args(["-s", sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -s {sig}");
+        assert!(signal(self.child.id(), sig), "kill -s {sig}");
     }
 
     /// Waits for the process to exit; its exit code.
@@ -134,8 +149,10 @@ impl Drop for TenderProcess {
     }
 }
 
-/// A lean blocking HTTP/1.1 GET (for load generation that costs little
-/// CPU): returns the body length, read into a reused 1 MiB buffer.
+/// A lean blocking HTTP/1.1 GET for load generation: returns the body
+/// length, read into a reused 1 MiB buffer. Deliberately hand-rolled: the
+/// benches run client and server on the same 2 cores, and a full client's
+/// per-byte work would be measured as tender's.
 pub fn raw_get(addr: &str, path: &str) -> u64 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -1,9 +1,5 @@
 //! Upstreams that are dead below HTTP: a port that refuses connections and a
 //! listener that accepts connections and then never answers. std only.
-//!
-//! Use from an integration test as
-//! `#[path = "support/faulty.rs"] mod faulty;`
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

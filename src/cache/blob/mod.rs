@@ -1,0 +1,319 @@
+//! Blobs: served from the store, or from the single in-flight fill for
+//! their digest.
+//!
+//! The first request for an uncached digest leads: it starts a fill task
+//! (`fill`) that walks the upstreams, writes the body to a temp file in the
+//! store while hashing it, verifies the digest and commits. Every request for
+//! the same digest (from any repository or registry) follows and tails the
+//! temp file up to the written offset (`read`), so N clients cost one
+//! upstream download and all stream at upstream speed. When the disk cannot
+//! take the blob, each reader streams it straight from upstream
+//! (`passthrough`).
+//!
+//! Contracts:
+//! - The fill task does not depend on any client: a client that goes away
+//!   does not cancel it.
+//! - A fill ends `Complete` or `Failed`; if the task dies without saying so,
+//!   its watch sender drops and every reader treats that as failure, so no
+//!   follower can hang.
+//! - Readers never send the last byte of a blob before the fill is verified
+//!   complete, so no client receives a complete-looking wrong blob.
+
+mod fill;
+mod passthrough;
+pub mod read;
+
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use super::inflight::{Claim, InFlight, Interrupted};
+use super::{CacheError, Outcome};
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+use crate::store::Store;
+use crate::upstream::{UpstreamError, Upstreams};
+
+/// A blob body as it reaches the HTTP layer: chunks produced by a task; an
+/// `Err` aborts the client's transfer.
+pub type BodyStream = mpsc::Receiver<io::Result<Bytes>>;
+
+#[derive(Clone, Debug)]
+pub enum Phase {
+    /// Walking the upstreams; no status known yet.
+    Connecting,
+    /// Bytes are arriving into `file`; `total` if the upstream said.
+    Streaming {
+        total: Option<u64>,
+        file: Arc<File>,
+    },
+    /// Verified. `file` holds the whole blob (committed or not).
+    Complete {
+        size: u64,
+        file: Arc<File>,
+    },
+    Failed(UpstreamError),
+    /// The cache could not hold this blob (disk full, below the free-space
+    /// watermark, I/O error). Readers continue straight from upstream;
+    /// `file` holds the bytes written before that, if any.
+    Abandoned {
+        file: Option<Arc<File>>,
+        total: Option<u64>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct FillState {
+    /// Bytes written to the file so far (readable with `pread`).
+    pub written: u64,
+    pub phase: Phase,
+    /// The registry and repository the fill fetches under: a "not found"
+    /// there says nothing about another repository.
+    pub fetched_as: Arc<(String, String)>,
+}
+
+/// A handle on one fill's progress.
+#[derive(Clone)]
+pub struct Fill {
+    digest: Digest,
+    state: watch::Receiver<FillState>,
+}
+
+impl Fill {
+    /// The size the fill already knows, for HEAD requests.
+    fn known_size(&self) -> Option<u64> {
+        match &self.state.borrow().phase {
+            Phase::Streaming { total, .. } | Phase::Abandoned { total, .. } => *total,
+            Phase::Complete { size, .. } => Some(*size),
+            _ => None,
+        }
+    }
+
+    fn fetches_as(&self, registry: &str, repo: &str) -> bool {
+        let s = self.state.borrow();
+        s.fetched_as.0 == registry && s.fetched_as.1 == repo
+    }
+
+    fn is_complete(&self) -> bool {
+        matches!(self.state.borrow().phase, Phase::Complete { .. })
+    }
+
+    /// Waits until the upstream answered: `Ok(total)` once bytes flow (or the
+    /// fill is already complete), the walk's error otherwise.
+    async fn started(&self) -> Result<Option<u64>, UpstreamError> {
+        let mut rx = self.state.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                match &s.phase {
+                    Phase::Connecting => {}
+                    Phase::Streaming { total, .. } | Phase::Abandoned { total, .. } => {
+                        return Ok(*total)
+                    }
+                    Phase::Complete { size, .. } => return Ok(Some(*size)),
+                    Phase::Failed(e) => return Err(e.clone()),
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Interrupted.into());
+            }
+        }
+    }
+
+    /// Waits for the end of the fill: the verified size, or the failure.
+    async fn finished(&self) -> Result<u64, UpstreamError> {
+        let mut rx = self.state.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                match &s.phase {
+                    Phase::Complete { size, .. } => return Ok(*size),
+                    Phase::Failed(e) => return Err(e.clone()),
+                    Phase::Abandoned { .. } => {
+                        return Err(UpstreamError::Unavailable(
+                            "the cache cannot hold this blob".into(),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Interrupted.into());
+            }
+        }
+    }
+}
+
+/// Where a blob's bytes come from.
+enum Source {
+    Stored(Arc<File>),
+    /// A fill under way (or just finished); `ups`/`repo` are the reader's
+    /// own, for streaming through if the fill is abandoned.
+    Filling {
+        fill: Fill,
+        ups: Arc<Upstreams>,
+        repo: String,
+    },
+}
+
+/// A blob ready to be streamed.
+pub struct Blob {
+    /// The blob's size, when known before its end (always, unless the
+    /// upstream sent no length).
+    pub size: Option<u64>,
+    pub outcome: Outcome,
+    source: Source,
+}
+
+impl Blob {
+    /// Streams bytes `start..end` (`end` = `None`: to the end of the blob)
+    /// from a task of its own.
+    pub fn stream(self, start: u64, end: Option<u64>) -> BodyStream {
+        let (tx, rx) = mpsc::channel(1);
+        match self.source {
+            Source::Stored(file) => {
+                let end = end.or(self.size).unwrap_or(0);
+                tokio::spawn(async move { read::stream_file(file, start, end, tx).await });
+            }
+            Source::Filling { fill, ups, repo } => {
+                tokio::spawn(
+                    async move { read::stream_fill(&fill, &ups, &repo, start, end, tx).await },
+                );
+            }
+        }
+        rx
+    }
+}
+
+pub struct Blobs {
+    store: Arc<Store>,
+    fills: Arc<InFlight<Digest, FillState>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Blobs {
+    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>) -> Blobs {
+        Blobs {
+            store,
+            fills: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Fills under way.
+    pub fn fills_in_flight(&self) -> usize {
+        self.fills.len()
+    }
+
+    async fn open_stored(&self, digest: Digest) -> Result<Option<(File, u64)>, CacheError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.open_blob(&digest))
+            .await
+            .map_err(|e| CacheError::Internal(e.to_string()))?
+            .map_err(|e| CacheError::Store(e.into()))
+    }
+
+    /// A blob for GET: from the store, or joining (or starting) its fill.
+    pub async fn get(
+        &self,
+        ups: &Arc<Upstreams>,
+        repo: &str,
+        digest: Digest,
+    ) -> Result<Blob, CacheError> {
+        if let Some((file, size)) = self.open_stored(digest).await? {
+            return Ok(Blob {
+                size: Some(size),
+                outcome: Outcome::Hit,
+                source: Source::Stored(Arc::new(file)),
+            });
+        }
+        let (mut fill, mut leader) = self.join_or_start(ups, repo, digest);
+        let mut started = fill.started().await;
+        // Joined a fill for another repository or registry that could not
+        // find (or may not read) the blob: ask our own upstreams once.
+        if matches!(
+            started,
+            Err(UpstreamError::NotFound | UpstreamError::Denied(_))
+        ) && !fill.fetches_as(&ups.host, repo)
+        {
+            (fill, leader) = self.join_or_start(ups, repo, digest);
+            started = fill.started().await;
+        }
+        let outcome = match (leader, fill.is_complete()) {
+            (true, _) => Outcome::Miss,
+            // Verified and about to be committed: as good as a hit.
+            (false, true) => Outcome::Hit,
+            (false, false) => Outcome::Coalesced,
+        };
+        let mut size = started.map_err(CacheError::blob)?;
+        if size == Some(0) {
+            // A zero-length answer is complete the moment its headers are
+            // sent, so it must be verified first (it is instant for the
+            // real empty blob, and fails for a lying upstream).
+            size = Some(fill.finished().await.map_err(CacheError::blob)?);
+        }
+        Ok(Blob {
+            size,
+            outcome,
+            source: Source::Filling {
+                fill,
+                ups: ups.clone(),
+                repo: repo.to_string(),
+            },
+        })
+    }
+
+    /// A blob's size for HEAD, without downloading it: from the store, a
+    /// fill under way, or an upstream HEAD.
+    pub async fn head(
+        &self,
+        ups: &Arc<Upstreams>,
+        repo: &str,
+        digest: Digest,
+    ) -> Result<(Option<u64>, Outcome), CacheError> {
+        if let Some((_, size)) = self.open_stored(digest).await? {
+            return Ok((Some(size), Outcome::Hit));
+        }
+        let filling = self.fills.peek(&digest).map(|state| Fill { digest, state });
+        if let Some(size) = filling.and_then(|f| f.known_size()) {
+            return Ok((Some(size), Outcome::Coalesced));
+        }
+        let size = ups
+            .head_blob(repo, &digest)
+            .await
+            .map_err(CacheError::blob)?;
+        Ok((size, Outcome::Miss))
+    }
+
+    /// Joins the fill for `digest`, or starts one fetching from `ups` under
+    /// `repo`. Returns the fill and whether this call started it.
+    fn join_or_start(&self, ups: &Arc<Upstreams>, repo: &str, digest: Digest) -> (Fill, bool) {
+        let claim = self.fills.claim(
+            digest,
+            || FillState {
+                written: 0,
+                phase: Phase::Connecting,
+                fetched_as: Arc::new((ups.host.clone(), repo.to_string())),
+            },
+            // A failed fill lingers until its task cleans up; never join it.
+            |s| !matches!(s.phase, Phase::Failed(_)),
+        );
+        match claim {
+            Claim::Follower(state) => (Fill { digest, state }, false),
+            Claim::Leader(leader) => {
+                let state = leader.subscribe();
+                fill::start(
+                    leader,
+                    self.store.clone(),
+                    self.metrics.clone(),
+                    ups.clone(),
+                    repo.to_string(),
+                );
+                (Fill { digest, state }, true)
+            }
+        }
+    }
+}

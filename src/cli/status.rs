@@ -1,0 +1,122 @@
+//! `tender status`: a running tender's cache and hit ratio, from its metrics.
+
+use super::{mib, runtime, CliError};
+
+pub fn run(base: &str) -> Result<i32, CliError> {
+    let url = format!("{base}/metrics");
+    let client =
+        crate::prefetch::local_client(base).map_err(|e| CliError::Failed(e.to_string()))?;
+    let text = runtime()?.block_on(async {
+        let r = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !r.status().is_success() {
+            return Err(format!("{url}: HTTP {}", r.status()));
+        }
+        r.text().await.map_err(|e| format!("{url}: {e}"))
+    });
+    let text = text.map_err(|e| CliError::Failed(format!("tender is not answering: {e}")))?;
+    print!("{}", Summary::from_metrics(&text).render(base));
+    Ok(0)
+}
+
+/// The numbers `tender status` shows. Counters are whole numbers.
+#[derive(Debug, Default, PartialEq)]
+struct Summary {
+    hits: u64,
+    misses: u64,
+    coalesced: u64,
+    errors: u64,
+    cache_bytes: u64,
+    entries: u64,
+    from_cache: u64,
+    from_upstream: u64,
+    in_flight: u64,
+    evictions: u64,
+}
+
+impl Summary {
+    fn from_metrics(text: &str) -> Summary {
+        let sum = |prefix: &str, label: Option<&str>| -> u64 {
+            let total: f64 = text
+                .lines()
+                .filter(|l| l.starts_with(prefix) && label.is_none_or(|x| l.contains(x)))
+                .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+                .sum();
+            // Prometheus prints floats; these are counts (never "-0").
+            total.max(0.0).round() as u64
+        };
+        let requests = |result: &str| {
+            sum(
+                "tender_requests_total{",
+                Some(&format!("result=\"{result}\"")),
+            )
+        };
+        Summary {
+            hits: requests("hit"),
+            misses: requests("miss"),
+            coalesced: requests("coalesced"),
+            errors: requests("error"),
+            cache_bytes: sum("tender_cache_size_bytes", None),
+            entries: sum("tender_cache_entries", None),
+            from_cache: sum("tender_bytes_served_total{", Some("source=\"cache\"")),
+            from_upstream: sum("tender_bytes_served_total{", Some("source=\"upstream\"")),
+            in_flight: sum("tender_inflight_fetches", None),
+            evictions: sum("tender_cache_evictions_total", None),
+        }
+    }
+
+    fn render(&self, base: &str) -> String {
+        let served = self.hits + self.misses + self.coalesced;
+        let ratio = if served > 0 {
+            self.hits as f64 / served as f64 * 100.0
+        } else {
+            0.0
+        };
+        format!(
+            "tender at {base}\n\
+             \x20 cache size       {:.1} MiB in {} objects\n\
+             \x20 hit ratio        {ratio:.1}% ({} hits, {} misses, {} coalesced, {} errors)\n\
+             \x20 bytes served     {:.1} MiB from cache, {:.1} MiB from upstreams\n\
+             \x20 in-flight        {} fetches\n\
+             \x20 evictions        {}\n",
+            mib(self.cache_bytes),
+            self.entries,
+            self.hits,
+            self.misses,
+            self.coalesced,
+            self.errors,
+            mib(self.from_cache),
+            mib(self.from_upstream),
+            self.in_flight,
+            self.evictions
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_daemon_shows_whole_zeroes_never_minus_zero() {
+        let out = Summary::from_metrics("tender_cache_entries 0\n").render("http://x");
+        assert!(
+            out.contains("hit ratio        0.0% (0 hits, 0 misses, 0 coalesced, 0 errors)"),
+            "{out}"
+        );
+        assert!(!out.contains("-0"), "{out}");
+    }
+
+    #[test]
+    fn counts_are_summed_over_labels() {
+        let text = "tender_requests_total{kind=\"blob\",result=\"hit\"} 3\n\
+                    tender_requests_total{kind=\"manifest\",result=\"hit\"} 1\n\
+                    tender_requests_total{kind=\"blob\",result=\"miss\"} 4\n";
+        let s = Summary::from_metrics(text);
+        assert_eq!((s.hits, s.misses), (4, 4));
+        assert!(s.render("u").contains("50.0%"));
+    }
+}

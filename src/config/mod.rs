@@ -1,0 +1,278 @@
+//! Configuration: the TOML file (unknown keys are errors) validated into
+//! [`Config`]. Validation reports every problem at once, each naming its key;
+//! `tender check-config` prints them, `tender serve` refuses to start on them.
+
+mod raw;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::oci::ImageRef;
+
+pub use units::{parse_duration, parse_size};
+
+/// The configuration `tender serve` uses when no file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub cache_dir: PathBuf,
+    pub cache_max_size: u64,
+    /// How long a tag's digest is trusted before an upstream HEAD revalidates it.
+    pub tag_ttl: Duration,
+    /// Free space tender leaves on the cache's file system.
+    pub min_free_space: FreeSpace,
+    pub timeouts: Timeouts,
+    /// TLS for `listen` (cert, key), and for `metrics_listen`.
+    pub tls: Option<TlsFiles>,
+    pub metrics_tls: Option<TlsFiles>,
+    /// A full re-hash of the store this often (None: off), at most `scrub_rate` bytes/s.
+    pub scrub_interval: Option<Duration>,
+    pub scrub_rate: u64,
+    /// Connection limits: in all, and per client IP.
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// Per-upstream circuit breaker.
+    pub breaker: BreakerPolicy,
+    pub registries: Vec<Registry>,
+    /// Images to keep warm, re-pulled through tender on a schedule.
+    pub prefetch: Option<Prefetch>,
+}
+
+/// How much of the cache's file system tender leaves free for the node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FreeSpace {
+    /// Percent of the file system's size.
+    Percent(f64),
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Prefetch {
+    pub images: Vec<ImageRef>,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP (and proxy) connect to an upstream.
+    pub connect: Duration,
+    /// From sending a request to receiving the response headers.
+    pub header: Duration,
+    /// Longest gap between two body chunks before a transfer counts as stalled.
+    pub stall: Duration,
+}
+
+/// When an upstream's circuit breaker opens: after `failures` consecutive
+/// failures, for `cooldown` (doubling while probes fail).
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerPolicy {
+    pub failures: u32,
+    pub cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// Matched against the `ns` query parameter, e.g. `docker.io`.
+    pub host: String,
+    /// Serves requests that carry no `ns` (Docker's `registry-mirrors`).
+    pub default: bool,
+    /// When a client presents credentials, check upstream with them that it
+    /// may read the content before serving it from the cache (KEP-2535
+    /// AlwaysVerify). Clients without credentials get the node's trust.
+    pub verify_client_credentials: bool,
+    pub upstreams: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Base URL without a trailing slash, e.g. `https://registry-1.docker.io`.
+    pub url: String,
+    /// Prepended to repository names, e.g. a Harbor proxy-cache project.
+    pub repository_prefix: Option<String>,
+    pub proxy: Option<String>,
+    /// Extra PEM CA bundle trusted for this upstream.
+    pub ca_file: Option<PathBuf>,
+    /// File holding `username:password` for this upstream (a mounted Secret).
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// One thing wrong with a config, at the key it concerns
+/// (`registry[1].upstream[0].url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or a key tender does not know (toml's message names it).
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: {} problem(s):{}", problems.len(), list(problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  - {p}")).collect()
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text, &p.display().to_string())
+            }
+            None => Config::parse(DEFAULT_CONFIG, "embedded default config"),
+        }
+    }
+
+    /// Parses and validates TOML text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut problems = validate::Problems::default();
+        let cfg = validate::validate(raw, &mut problems);
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                problems: problems.into_vec(),
+            })
+        }
+    }
+
+    pub fn default_registry(&self) -> Option<&Registry> {
+        self.registries.iter().find(|r| r.default)
+    }
+
+    /// The URL at which this node reaches its own API listener.
+    pub fn local_url(&self) -> String {
+        listen_url(self.listen, self.tls.is_some())
+    }
+}
+
+/// The URL a client on this node uses to reach a listener bound to `addr`:
+/// an unspecified address (`0.0.0.0`, `[::]`) is reached on loopback, IPv6
+/// in brackets, `https` when the listener has TLS.
+pub fn listen_url(addr: SocketAddr, tls: bool) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if tls { "https" } else { "http" };
+    // SocketAddr's Display already brackets IPv6.
+    format!("{scheme}://{addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5050");
+        let hosts: Vec<_> = c.registries.iter().map(|r| r.host.as_str()).collect();
+        assert_eq!(
+            hosts,
+            [
+                "docker.io",
+                "registry.k8s.io",
+                "gcr.io",
+                "quay.io",
+                "ghcr.io"
+            ]
+        );
+        assert_eq!(c.default_registry().unwrap().host, "docker.io");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_with_its_key() {
+        let err = Config::parse(
+            r#"
+            listen = "nope"
+            cache_max_size = "12 parsecs"
+            tag_ttl = "soon"
+            [[registry]]
+            host = "Docker.io/evil"
+            default = true
+            [[registry]]
+            host = "quay.io"
+            default = true
+              [[registry.upstream]]
+              url = "ftp://quay.io"
+            "#,
+            "test.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "listen:",
+            "cache_max_size:",
+            "tag_ttl:",
+            "registry[0].host:",
+            "registry[0].upstream:",
+            "registry[1].upstream[0].url:",
+            "registry.default:",
+        ] {
+            assert!(err.contains(needle), "missing {needle} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::parse("listne = \"127.0.0.1:1\"", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses_become_local_urls() {
+        let url = |a: &str, tls| listen_url(a.parse().unwrap(), tls);
+        assert_eq!(url("127.0.0.1:5050", false), "http://127.0.0.1:5050");
+        assert_eq!(url("0.0.0.0:5050", true), "https://127.0.0.1:5050");
+        assert_eq!(url("[::]:5050", false), "http://[::1]:5050");
+        assert_eq!(url("10.0.0.7:5051", false), "http://10.0.0.7:5051");
+    }
+}

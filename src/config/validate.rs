@@ -1,0 +1,370 @@
+//! Raw TOML values → a validated [`Config`], collecting every problem.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawUpstream};
+use super::units::{parse_duration, parse_free_space, parse_size};
+use super::{
+    BreakerPolicy, Config, FreeSpace, Prefetch, Problem, Registry, Timeouts, TlsFiles, Upstream,
+};
+use crate::oci::name::{valid_registry_host, valid_repository};
+use crate::oci::ImageRef;
+
+#[derive(Default)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Whether a problem was already reported for `key`.
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|p| p.key == key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<Problem> {
+        self.0
+    }
+}
+
+pub fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
+    let mut addr = |key: &str, v: &str| -> Option<SocketAddr> {
+        match v.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                problems.push(key, format!("{v:?} is not an IP:port socket address"));
+                None
+            }
+        }
+    };
+    let listen = addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:5050"))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5050)));
+    let metrics_listen = raw
+        .metrics_listen
+        .as_deref()
+        .and_then(|v| addr("metrics_listen", v));
+
+    let cache_dir = match raw.cache_dir {
+        Some(d) if d.trim().is_empty() => {
+            problems.push("cache_dir", "must not be empty");
+            PathBuf::new()
+        }
+        Some(d) => PathBuf::from(d),
+        None => default_cache_dir(),
+    };
+
+    let cache_max_size = match parse_size(raw.cache_max_size.as_deref().unwrap_or("10GiB")) {
+        Ok(0) => {
+            problems.push("cache_max_size", "must be greater than zero");
+            0
+        }
+        Ok(n) => n,
+        Err(e) => {
+            problems.push("cache_max_size", e);
+            0
+        }
+    };
+
+    let mut dur = |key: &str, v: Option<&str>, default: &str| -> Duration {
+        match parse_duration(v.unwrap_or(default)) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(key, e);
+                Duration::ZERO
+            }
+        }
+    };
+    let tag_ttl = dur("tag_ttl", raw.tag_ttl.as_deref(), "60s");
+    let breaker_cooldown = dur("breaker_cooldown", raw.breaker_cooldown.as_deref(), "30s");
+    let scrub = dur("scrub_interval", raw.scrub_interval.as_deref(), "24h");
+    let timeouts = Timeouts {
+        connect: dur("connect_timeout", raw.connect_timeout.as_deref(), "5s"),
+        header: dur("header_timeout", raw.header_timeout.as_deref(), "5s"),
+        stall: dur("stall_timeout", raw.stall_timeout.as_deref(), "15s"),
+    };
+    for (key, d) in [
+        ("connect_timeout", timeouts.connect),
+        ("header_timeout", timeouts.header),
+        ("stall_timeout", timeouts.stall),
+        ("breaker_cooldown", breaker_cooldown),
+    ] {
+        if d.is_zero() && !problems.has(key) {
+            problems.push(key, "must be greater than zero");
+        }
+    }
+
+    let min_free_space = match parse_free_space(raw.min_free_space.as_deref().unwrap_or("10%")) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push("min_free_space", e);
+            FreeSpace::Bytes(0)
+        }
+    };
+    let scrub_interval = (!scrub.is_zero()).then_some(scrub);
+    let scrub_rate = match parse_size(raw.scrub_rate.as_deref().unwrap_or("64MiB")) {
+        Ok(0) => {
+            problems.push(
+                "scrub_rate",
+                "must be greater than zero (use scrub_interval = \"0s\" to turn scrubbing off)",
+            );
+            1
+        }
+        Ok(n) => n,
+        Err(e) => {
+            problems.push("scrub_rate", e);
+            1
+        }
+    };
+    let tls = tls_pair("tls", raw.tls_cert_file, raw.tls_key_file, problems);
+    let metrics_tls = tls_pair(
+        "metrics_tls",
+        raw.metrics_tls_cert_file,
+        raw.metrics_tls_key_file,
+        problems,
+    );
+    let max_connections = raw.max_connections.unwrap_or(4096);
+    let max_connections_per_client = raw.max_connections_per_client.unwrap_or(1024);
+    if max_connections == 0 || max_connections_per_client == 0 {
+        problems.push(
+            "max_connections, max_connections_per_client",
+            "must be at least 1",
+        );
+    }
+    let breaker_failures = raw.breaker_failures.unwrap_or(5);
+    if breaker_failures == 0 {
+        problems.push("breaker_failures", "must be at least 1");
+    }
+
+    let registries = registries(raw.registry, problems);
+    let prefetch = raw
+        .prefetch
+        .map(|p| prefetch(p.images, p.interval, &registries, problems));
+
+    Config {
+        listen,
+        metrics_listen,
+        cache_dir,
+        cache_max_size,
+        tag_ttl,
+        min_free_space,
+        timeouts,
+        tls,
+        metrics_tls,
+        scrub_interval,
+        scrub_rate,
+        max_connections: max_connections.max(1),
+        max_connections_per_client: max_connections_per_client.max(1),
+        breaker: BreakerPolicy {
+            failures: breaker_failures.max(1),
+            cooldown: breaker_cooldown,
+        },
+        registries,
+        prefetch,
+    }
+}
+
+fn tls_pair(
+    what: &str,
+    cert: Option<String>,
+    key: Option<String>,
+    problems: &mut Problems,
+) -> Option<TlsFiles> {
+    match (cert, key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            for (name, f) in [("cert_file", &c), ("key_file", &k)] {
+                if !Path::new(f).is_file() {
+                    problems.push(
+                        format!("{what}_{name}"),
+                        format!("{f:?} is not a readable file"),
+                    );
+                }
+            }
+            Some(TlsFiles {
+                cert_file: c.into(),
+                key_file: k.into(),
+            })
+        }
+        _ => {
+            problems.push(
+                format!("{what}_cert_file and {what}_key_file"),
+                "give both or neither",
+            );
+            None
+        }
+    }
+}
+
+fn registries(raw: Vec<super::raw::RawRegistry>, problems: &mut Problems) -> Vec<Registry> {
+    if raw.is_empty() {
+        problems.push("registry", "at least one [[registry]] is required");
+    }
+    let mut seen = HashSet::new();
+    let mut defaults = Vec::new();
+    let mut registries = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("registry[{i}]");
+        let host = r.host.trim().to_ascii_lowercase();
+        if !valid_registry_host(&host) {
+            problems.push(
+                format!("{key}.host"),
+                format!("{:?} is not a registry host (hostname[:port])", r.host),
+            );
+        } else if !seen.insert(host.clone()) {
+            problems.push(
+                format!("{key}.host"),
+                format!("{host:?} is configured twice"),
+            );
+        }
+        if r.default {
+            defaults.push(host.clone());
+        }
+        if r.upstream.is_empty() {
+            problems.push(
+                format!("{key}.upstream"),
+                format!("{host:?} needs at least one [[registry.upstream]]"),
+            );
+        }
+        let upstreams = r
+            .upstream
+            .into_iter()
+            .enumerate()
+            .map(|(j, u)| upstream(&format!("{key}.upstream[{j}]"), u, problems))
+            .collect();
+        registries.push(Registry {
+            host,
+            default: r.default,
+            verify_client_credentials: r.verify_client_credentials,
+            upstreams,
+        });
+    }
+    if defaults.len() > 1 {
+        problems.push(
+            "registry.default",
+            format!(
+                "only one registry may be the default, found {}",
+                defaults.join(", ")
+            ),
+        );
+    }
+    registries
+}
+
+fn upstream(key: &str, u: RawUpstream, problems: &mut Problems) -> Upstream {
+    let url = u.url.trim().trim_end_matches('/').to_string();
+    let ukey = format!("{key}.url");
+    match reqwest::Url::parse(&url) {
+        Ok(parsed) => {
+            if !matches!(parsed.scheme(), "http" | "https") {
+                problems.push(ukey, format!("{url:?} must be http:// or https://"));
+            } else if parsed.host_str().is_none() {
+                problems.push(ukey, format!("{url:?} has no host"));
+            } else if parsed.path() != "/" && !parsed.path().is_empty() {
+                problems.push(
+                    ukey,
+                    format!("{url:?} must not have a path (use repository_prefix)"),
+                );
+            } else if parsed.query().is_some() || !parsed.username().is_empty() {
+                problems.push(
+                    ukey,
+                    format!("{url:?} must not carry a query or credentials (use credentials_file)"),
+                );
+            }
+        }
+        Err(e) => problems.push(ukey, format!("{url:?} is not a URL: {e}")),
+    }
+    let repository_prefix = u.repository_prefix.map(|p| p.trim_matches('/').to_string());
+    if let Some(p) = &repository_prefix {
+        if !valid_repository(p) {
+            problems.push(
+                format!("{key}.repository_prefix"),
+                format!("{p:?} is not a valid repository path"),
+            );
+        }
+    }
+    if let Some(p) = &u.proxy {
+        let pkey = format!("{key}.proxy");
+        match reqwest::Url::parse(p) {
+            Ok(pu) if matches!(pu.scheme(), "http" | "https" | "socks5") => {}
+            Ok(_) => problems.push(pkey, format!("{p:?} must be an http:// or https:// URL")),
+            Err(e) => problems.push(pkey, format!("{p:?} is not a URL: {e}")),
+        }
+    }
+    for (name, file) in [
+        ("ca_file", &u.ca_file),
+        ("credentials_file", &u.credentials_file),
+    ] {
+        if let Some(f) = file {
+            if !Path::new(f).is_file() {
+                problems.push(
+                    format!("{key}.{name}"),
+                    format!("{f:?} is not a readable file"),
+                );
+            }
+        }
+    }
+    Upstream {
+        url,
+        repository_prefix,
+        proxy: u.proxy,
+        ca_file: u.ca_file.map(PathBuf::from),
+        credentials_file: u.credentials_file.map(PathBuf::from),
+    }
+}
+
+fn prefetch(
+    images: Vec<String>,
+    interval: Option<String>,
+    registries: &[Registry],
+    problems: &mut Problems,
+) -> Prefetch {
+    let mut refs = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let key = format!("prefetch.images[{i}]");
+        match img.parse::<ImageRef>() {
+            Ok(r) => {
+                if !registries.iter().any(|x| x.host == r.registry) {
+                    problems.push(key, format!("registry {:?} is not configured", r.registry));
+                }
+                refs.push(r);
+            }
+            Err(e) => problems.push(key, e.to_string()),
+        }
+    }
+    let interval = match parse_duration(interval.as_deref().unwrap_or("6h")) {
+        Ok(d) if d >= Duration::from_secs(60) => d,
+        Ok(_) => {
+            problems.push("prefetch.interval", "must be at least 1m");
+            Duration::from_secs(3600)
+        }
+        Err(e) => {
+            problems.push("prefetch.interval", e);
+            Duration::from_secs(3600)
+        }
+    };
+    Prefetch {
+        images: refs,
+        interval,
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("tender");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("tender");
+    }
+    std::env::temp_dir().join("tender-cache")
+}

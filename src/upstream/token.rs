@@ -1,0 +1,227 @@
+//! Credentials and tokens for one upstream: its `username:password` file,
+//! Basic auth once the upstream asked for it, and Bearer tokens from the
+//! realm it names, cached by scope (bounded; expired tokens are refetched).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use reqwest::header::{HeaderValue, AUTHORIZATION};
+
+use super::auth::{realm_in_trust_domain, TokenResponse};
+use super::body::{error_chain, read_limited};
+use super::client::UpstreamClient;
+use super::guard::{host_is_internal, host_is_link_local};
+use super::AttemptError;
+
+/// Scopes (repositories) whose token one upstream keeps at once.
+const MAX_TOKENS: u64 = 1024;
+
+pub struct Credentials {
+    user: String,
+    pass: String,
+}
+
+// Never print secrets, not even in debug logs.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}:<redacted>)", self.user)
+    }
+}
+
+impl Credentials {
+    /// Reads a file holding one line `username:password` (a mounted Secret).
+    pub fn read(path: &std::path::Path) -> Result<Credentials, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("credentials_file {}: {e}", path.display()))?;
+        let line = text.trim_end_matches(['\r', '\n']);
+        let (user, pass) = line.split_once(':').ok_or_else(|| {
+            format!(
+                "credentials_file {}: expected one line `username:password`",
+                path.display()
+            )
+        })?;
+        if user.is_empty() {
+            return Err(format!(
+                "credentials_file {}: empty username",
+                path.display()
+            ));
+        }
+        Ok(Credentials {
+            user: user.to_string(),
+            pass: pass.to_string(),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    header: HeaderValue,
+    expires: Instant,
+}
+
+/// What one upstream authenticates with.
+pub struct Auth {
+    creds: Option<Credentials>,
+    tokens: moka::sync::Cache<String, CachedToken>,
+    /// The upstream asked for Basic auth: send credentials up front.
+    basic: AtomicBool,
+}
+
+impl Auth {
+    pub fn new(creds: Option<Credentials>) -> Auth {
+        Auth {
+            creds,
+            tokens: moka::sync::Cache::builder()
+                .max_capacity(MAX_TOKENS)
+                // Token lifetimes are clamped to a day; nothing lives longer.
+                .time_to_live(Duration::from_secs(86_400))
+                .build(),
+            basic: AtomicBool::new(false),
+        }
+    }
+
+    /// The `Authorization` to send first for `scope`: a live cached token,
+    /// or Basic credentials once the upstream asked for them.
+    pub fn cached(&self, scope: &str) -> Option<HeaderValue> {
+        if let Some(t) = self.tokens.get(scope) {
+            if t.expires > Instant::now() {
+                return Some(t.header);
+            }
+        }
+        if self.basic.load(Ordering::Relaxed) {
+            return self.basic_header();
+        }
+        None
+    }
+
+    /// The upstream challenged with Basic: our credentials, from now on up front.
+    pub fn use_basic(&self) -> Option<HeaderValue> {
+        self.basic.store(true, Ordering::Relaxed);
+        self.basic_header()
+    }
+
+    fn basic_header(&self) -> Option<HeaderValue> {
+        let c = self.creds.as_ref()?;
+        let raw = format!("{}:{}", c.user, c.pass);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+        let mut v = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
+    /// Tokens held now (for tests of the bound).
+    pub fn token_count(&self) -> u64 {
+        self.tokens.run_pending_tasks();
+        self.tokens.entry_count()
+    }
+}
+
+impl UpstreamClient {
+    /// Gets a Bearer token for `scope` from the challenge's realm, with our
+    /// own credentials (`client_auth` None; the token is cached) or with a
+    /// client's Basic credentials (not cached: it is that client's token).
+    pub(super) async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        client_auth: Option<&HeaderValue>,
+    ) -> Result<HeaderValue, AttemptError> {
+        let realm_url = reqwest::Url::parse(realm)
+            .map_err(|e| AttemptError::Auth(format!("token realm {realm:?} is not a URL: {e}")))?;
+        if realm_url.scheme() != "https" && !self.url.starts_with("http://") {
+            return Err(AttemptError::Auth(format!(
+                "token realm {realm:?} is not https for an https upstream"
+            )));
+        }
+        let realm_host = realm_url.host_str().unwrap_or_default().to_string();
+        if host_is_link_local(&realm_host)
+            || (!host_is_internal(&self.host) && host_is_internal(&realm_host))
+        {
+            return Err(AttemptError::Auth(format!(
+                "token realm {realm_host} is an internal address; refused"
+            )));
+        }
+        let mut q: Vec<(&str, &str)> = vec![("scope", scope)];
+        if let Some(s) = service {
+            q.push(("service", s));
+        }
+        let mut req = self.http.get(realm_url).query(&q);
+        let trusted = realm_in_trust_domain(&self.host, &realm_host);
+        match client_auth {
+            Some(a) if trusted => req = req.header(AUTHORIZATION, a.clone()),
+            Some(_) => {
+                return Err(AttemptError::Auth(format!(
+                    "token realm {realm_host} is outside the upstream's domain; a client's credentials are not sent there"
+                )))
+            }
+            None => {
+                if let Some(c) = &self.auth.creds {
+                    if trusted {
+                        req = req.basic_auth(&c.user, Some(&c.pass));
+                    } else {
+                        tracing::warn!(upstream = %self.url, realm = %realm_host,
+                            "token realm outside the upstream's domain: asking anonymously");
+                    }
+                }
+            }
+        }
+        let resp = tokio::time::timeout(self.timeouts.header, req.send())
+            .await
+            .map_err(|_| AttemptError::Timeout("token response"))?
+            .map_err(|e| {
+                AttemptError::Transport(format!("token request: {}", error_chain(&e.without_url())))
+            })?;
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[&self.registry, &self.url, "token"])
+            .inc();
+        if !resp.status().is_success() {
+            return Err(AttemptError::Auth(format!(
+                "token endpoint answered {}",
+                resp.status()
+            )));
+        }
+        let body = read_limited(resp, 1 << 20, self.timeouts.stall).await?;
+        let tr: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| AttemptError::Auth(format!("token response is not JSON: {e}")))?;
+        let token = tr
+            .token
+            .or(tr.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| AttemptError::Auth("token response has no token".into()))?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| AttemptError::Auth("token has invalid characters".into()))?;
+        header.set_sensitive(true);
+        if client_auth.is_some() {
+            return Ok(header);
+        }
+        // The spec's default lifetime is 60 s; renew a little early.
+        // Clamped: a hostile or broken expires_in must not overflow Instant.
+        let ttl = Duration::from_secs(tr.expires_in.unwrap_or(60).clamp(10, 86_400));
+        self.auth.tokens.insert(
+            scope.to_string(),
+            CachedToken {
+                header: header.clone(),
+                expires: Instant::now() + ttl - Duration::from_secs(5),
+            },
+        );
+        Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_base64_encoded() {
+        let dir = std::env::temp_dir().join(format!("tender-creds-{}", std::process::id()));
+        std::fs::write(&dir, "foo:bar\n").unwrap();
+        let a = Auth::new(Some(Credentials::read(&dir).unwrap()));
+        assert_eq!(a.use_basic().unwrap(), "Basic Zm9vOmJhcg==");
+        assert_eq!(a.cached("repository:x:pull").unwrap(), "Basic Zm9vOmJhcg==");
+        std::fs::remove_file(&dir).unwrap();
+    }
+}

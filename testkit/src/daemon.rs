@@ -1,0 +1,81 @@
+//! tender in this process, on a free port, with its own cache dir: for
+//! integration tests that look inside (metrics, the store).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tender::api::Api;
+use tender::cache::Cache;
+use tender::server::Running;
+
+pub struct Daemon {
+    pub running: Option<Running>,
+    pub base: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub async fn start(registries_toml: &str, extra: &str) -> Daemon {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tender-it-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Daemon::start_in(dir, registries_toml, extra).await
+    }
+
+    pub async fn start_in(dir: std::path::PathBuf, registries_toml: &str, extra: &str) -> Daemon {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ncache_dir = \"{}\"\n{extra}\n{registries_toml}",
+            dir.display()
+        );
+        let config = tender::config::Config::parse(&text, "test").unwrap();
+        let running = tender::server::start(config).await.unwrap();
+        let base = format!("http://{}", running.addr);
+        Daemon {
+            running: Some(running),
+            base,
+            dir,
+        }
+    }
+
+    pub fn api(&self) -> &Arc<Api> {
+        &self.running.as_ref().expect("a running daemon").api
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        self.api().cache()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = String::from_utf8(self.api().metrics().render()).unwrap();
+        crate::tender::metric_value(&text, sample)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A 2-worker runtime for synchronous tests that run an in-process fake.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,28 @@
+//! Test support for tender's integration tests and benches.
+//!
+//! - [`fake`]: an in-process fake registry with request counters and fault
+//!   injection, and a fake forward proxy;
+//! - [`daemon`]: tender itself, in-process, on a free port;
+//! - [`tender`]: the real `tender` binary as a child process;
+//! - [`registry`], [`containerd`], [`image`]: drivers for real peers from
+//!   Debian (distribution 2.8, containerd + ctr, skopeo) and OCI images
+//!   generated for them;
+//! - [`faulty`]: upstreams dead below HTTP (refusing, stalling);
+//! - [`process`], [`http`], [`certs`], [`rng`]: tools, temp dirs, a blocking
+//!   HTTP client, test certificates, the one seeded PRNG;
+//! - [`bench`]: wrk, nginx and RSS helpers for the benches.
+//!
+//! Everything listens on 127.0.0.1 only.
+
+pub mod bench;
+pub mod certs;
+pub mod containerd;
+pub mod daemon;
+pub mod fake;
+pub mod faulty;
+pub mod http;
+pub mod image;
+pub mod process;
+pub mod registry;
+pub mod rng;
+pub mod tender;
