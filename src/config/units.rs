@@ -5,8 +5,13 @@ use std::time::Duration;
 
 use super::FreeSpace;
 
+/// A value that is not what its key takes; the message says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(String);
+
 /// Parses sizes like `512MiB`, `20GiB`, `1.5GB`, `4096` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, BadValue> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -23,23 +28,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tb" => 1_000_000_000_000,
         "tib" | "ti" => 1 << 40,
         other => {
-            return Err(format!(
+            return Err(bad(format!(
                 "{s:?} has unknown size unit {other:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ))
+            )))
         }
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size such as \"512MiB\" or \"20GiB\""))?;
+        .map_err(|_| bad(format!("{s:?} is not a size such as \"512MiB\" or \"20GiB\"")))?;
     let bytes = n * mult as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{s:?} is out of range"));
+        return Err(bad(format!("{s:?} is out of range")));
     }
     Ok(bytes as u64)
 }
 
 /// Parses durations like `500ms`, `30s`, `5m`, `1h`, `1d`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -52,32 +57,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         "d" => 86400.0,
         other => {
-            return Err(format!(
+            return Err(bad(format!(
                 "{s:?} has unknown duration unit {other:?} (use ms, s, m, h, d)"
-            ))
+            )))
         }
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as \"30s\" or \"5m\""))?;
+        .map_err(|_| bad(format!("{s:?} is not a duration such as \"30s\" or \"5m\"")))?;
     let total = n * secs;
     if !total.is_finite() || !(0.0..=1e10).contains(&total) {
-        return Err(format!("{s:?} is out of range"));
+        return Err(bad(format!("{s:?} is out of range")));
     }
     Ok(Duration::from_secs_f64(total))
 }
 
 /// `"10%"` of the file system, or a size such as `"5GiB"`.
-pub fn parse_free_space(s: &str) -> Result<FreeSpace, String> {
+pub fn parse_free_space(s: &str) -> Result<FreeSpace, BadValue> {
     match s.trim().strip_suffix('%') {
         Some(p) => match p.trim().parse::<f64>() {
             Ok(v) if (0.0..=90.0).contains(&v) => Ok(FreeSpace::Percent(v)),
-            _ => Err(format!(
+            _ => Err(bad(format!(
                 "{s:?} must be a percentage from 0% to 90%, or a size"
-            )),
+            ))),
         },
         None => parse_size(s).map(FreeSpace::Bytes),
     }
+}
+
+fn bad(msg: String) -> BadValue {
+    BadValue(msg)
 }
 
 #[cfg(test)]

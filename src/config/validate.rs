@@ -17,10 +17,10 @@ use crate::oci::ImageRef;
 pub struct Problems(Vec<Problem>);
 
 impl Problems {
-    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub fn push(&mut self, key: impl Into<String>, message: impl ToString) {
         self.0.push(Problem {
             key: key.into(),
-            message: message.into(),
+            message: message.to_string(),
         });
     }
 

@@ -12,7 +12,7 @@ use super::auth::{parse_challenge, Challenge};
 use super::body::error_chain;
 use super::guard::{host_is_internal, redirect_policy, GuardedResolver};
 use super::health::Health;
-use super::token::{Auth, Credentials};
+use super::token::{Auth, Credentials, TokenOrigin};
 use super::{AttemptError, UpstreamError};
 use crate::config::{self, BreakerPolicy, Timeouts};
 use crate::metrics::Metrics;
@@ -21,13 +21,13 @@ pub struct UpstreamClient {
     pub registry: String,
     /// Base URL, e.g. `https://registry-1.docker.io`; also the metrics label.
     pub url: String,
-    pub(super) host: String,
+    host: String,
     prefix: Option<String>,
-    pub(super) http: reqwest::Client,
-    pub(super) auth: Auth,
+    http: reqwest::Client,
+    auth: Auth,
     pub timeouts: Timeouts,
     pub health: Health,
-    pub(super) metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -82,7 +82,7 @@ impl UpstreamClient {
         }
         let http = b.build().map_err(|e| setup(format!("http client: {e}")))?;
         let creds = match &cfg.credentials_file {
-            Some(f) => Some(Credentials::read(f).map_err(setup)?),
+            Some(f) => Some(Credentials::read(f, &cfg.url)?),
             None => None,
         };
         Ok(UpstreamClient {
@@ -158,7 +158,8 @@ impl UpstreamClient {
         if resp.status() == StatusCode::UNAUTHORIZED {
             let auth = match first_challenge(&resp) {
                 Some(Challenge::Bearer { realm, service, .. }) => Some(
-                    self.fetch_token(&realm, service.as_deref(), &scope, None)
+                    self.auth
+                        .fetch_token(&self.token_origin(), &realm, service.as_deref(), &scope, None)
                         .await?,
                 ),
                 Some(Challenge::Basic) => self.auth.use_basic(),
@@ -252,7 +253,14 @@ impl UpstreamClient {
         if resp.status() == StatusCode::UNAUTHORIZED && is_basic {
             let auth = match first_challenge(&resp) {
                 Some(Challenge::Bearer { realm, service, .. }) => {
-                    self.fetch_token(&realm, service.as_deref(), &scope, Some(client_auth))
+                    self.auth
+                        .fetch_token(
+                            &self.token_origin(),
+                            &realm,
+                            service.as_deref(),
+                            &scope,
+                            Some(client_auth),
+                        )
                         .await?
                 }
                 Some(Challenge::Basic) => client_auth.clone(),
@@ -274,6 +282,19 @@ impl UpstreamClient {
                 status: resp.status().as_u16(),
                 retry_after: None,
             })
+        }
+    }
+
+    fn token_origin(&self) -> TokenOrigin<'_> {
+        TokenOrigin {
+            http: &self.http,
+            url: &self.url,
+            host: &self.host,
+            timeouts: self.timeouts,
+            requests: self
+                .metrics
+                .upstream_requests
+                .with_label_values(&[&self.registry, &self.url, "token"]),
         }
     }
 

@@ -10,9 +10,9 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 
 use super::auth::{realm_in_trust_domain, TokenResponse};
 use super::body::{error_chain, read_limited};
-use super::client::UpstreamClient;
 use super::guard::{host_is_internal, host_is_link_local};
-use super::AttemptError;
+use super::{AttemptError, UpstreamError};
+use crate::config::Timeouts;
 
 /// Scopes (repositories) whose token one upstream keeps at once.
 const MAX_TOKENS: u64 = 1024;
@@ -30,22 +30,20 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Reads a file holding one line `username:password` (a mounted Secret).
-    pub fn read(path: &std::path::Path) -> Result<Credentials, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("credentials_file {}: {e}", path.display()))?;
+    /// Reads a file holding one line `username:password` (a mounted Secret)
+    /// for the upstream at `url`.
+    pub fn read(path: &std::path::Path, url: &str) -> Result<Credentials, UpstreamError> {
+        let bad = |why: String| UpstreamError::Setup {
+            upstream: url.to_string(),
+            why: format!("credentials_file {}: {why}", path.display()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         let line = text.trim_end_matches(['\r', '\n']);
-        let (user, pass) = line.split_once(':').ok_or_else(|| {
-            format!(
-                "credentials_file {}: expected one line `username:password`",
-                path.display()
-            )
-        })?;
+        let (user, pass) = line
+            .split_once(':')
+            .ok_or_else(|| bad("expected one line `username:password`".into()))?;
         if user.is_empty() {
-            return Err(format!(
-                "credentials_file {}: empty username",
-                path.display()
-            ));
+            return Err(bad("empty username".into()));
         }
         Ok(Credentials {
             user: user.to_string(),
@@ -117,12 +115,24 @@ impl Auth {
     }
 }
 
-impl UpstreamClient {
+/// The upstream a token is fetched for.
+pub struct TokenOrigin<'a> {
+    pub http: &'a reqwest::Client,
+    /// The upstream's base URL and host (a realm must be in its trust domain).
+    pub url: &'a str,
+    pub host: &'a str,
+    pub timeouts: Timeouts,
+    /// Counts token requests (`tender_upstream_requests_total{status="token"}`).
+    pub requests: prometheus::IntCounter,
+}
+
+impl Auth {
     /// Gets a Bearer token for `scope` from the challenge's realm, with our
     /// own credentials (`client_auth` None; the token is cached) or with a
     /// client's Basic credentials (not cached: it is that client's token).
-    pub(super) async fn fetch_token(
+    pub async fn fetch_token(
         &self,
+        origin: &TokenOrigin<'_>,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -130,14 +140,14 @@ impl UpstreamClient {
     ) -> Result<HeaderValue, AttemptError> {
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|e| AttemptError::Auth(format!("token realm {realm:?} is not a URL: {e}")))?;
-        if realm_url.scheme() != "https" && !self.url.starts_with("http://") {
+        if realm_url.scheme() != "https" && !origin.url.starts_with("http://") {
             return Err(AttemptError::Auth(format!(
                 "token realm {realm:?} is not https for an https upstream"
             )));
         }
         let realm_host = realm_url.host_str().unwrap_or_default().to_string();
         if host_is_link_local(&realm_host)
-            || (!host_is_internal(&self.host) && host_is_internal(&realm_host))
+            || (!host_is_internal(origin.host) && host_is_internal(&realm_host))
         {
             return Err(AttemptError::Auth(format!(
                 "token realm {realm_host} is an internal address; refused"
@@ -147,8 +157,8 @@ impl UpstreamClient {
         if let Some(s) = service {
             q.push(("service", s));
         }
-        let mut req = self.http.get(realm_url).query(&q);
-        let trusted = realm_in_trust_domain(&self.host, &realm_host);
+        let mut req = origin.http.get(realm_url).query(&q);
+        let trusted = realm_in_trust_domain(origin.host, &realm_host);
         match client_auth {
             Some(a) if trusted => req = req.header(AUTHORIZATION, a.clone()),
             Some(_) => {
@@ -157,33 +167,30 @@ impl UpstreamClient {
                 )))
             }
             None => {
-                if let Some(c) = &self.auth.creds {
+                if let Some(c) = &self.creds {
                     if trusted {
                         req = req.basic_auth(&c.user, Some(&c.pass));
                     } else {
-                        tracing::warn!(upstream = %self.url, realm = %realm_host,
+                        tracing::warn!(upstream = %origin.url, realm = %realm_host,
                             "token realm outside the upstream's domain: asking anonymously");
                     }
                 }
             }
         }
-        let resp = tokio::time::timeout(self.timeouts.header, req.send())
+        let resp = tokio::time::timeout(origin.timeouts.header, req.send())
             .await
             .map_err(|_| AttemptError::Timeout("token response"))?
             .map_err(|e| {
                 AttemptError::Transport(format!("token request: {}", error_chain(&e.without_url())))
             })?;
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[&self.registry, &self.url, "token"])
-            .inc();
+        origin.requests.inc();
         if !resp.status().is_success() {
             return Err(AttemptError::Auth(format!(
                 "token endpoint answered {}",
                 resp.status()
             )));
         }
-        let body = read_limited(resp, 1 << 20, self.timeouts.stall).await?;
+        let body = read_limited(resp, 1 << 20, origin.timeouts.stall).await?;
         let tr: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| AttemptError::Auth(format!("token response is not JSON: {e}")))?;
         let token = tr
@@ -200,7 +207,7 @@ impl UpstreamClient {
         // The spec's default lifetime is 60 s; renew a little early.
         // Clamped: a hostile or broken expires_in must not overflow Instant.
         let ttl = Duration::from_secs(tr.expires_in.unwrap_or(60).clamp(10, 86_400));
-        self.auth.tokens.insert(
+        self.tokens.insert(
             scope.to_string(),
             CachedToken {
                 header: header.clone(),
@@ -219,7 +226,7 @@ mod tests {
     fn basic_credentials_are_base64_encoded() {
         let dir = std::env::temp_dir().join(format!("tender-creds-{}", std::process::id()));
         std::fs::write(&dir, "foo:bar\n").unwrap();
-        let a = Auth::new(Some(Credentials::read(&dir).unwrap()));
+        let a = Auth::new(Some(Credentials::read(&dir, "https://x").unwrap()));
         assert_eq!(a.use_basic().unwrap(), "Basic Zm9vOmJhcg==");
         assert_eq!(a.cached("repository:x:pull").unwrap(), "Basic Zm9vOmJhcg==");
         std::fs::remove_file(&dir).unwrap();
