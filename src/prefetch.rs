@@ -38,6 +38,21 @@ fn request_error(url: &str, e: reqwest::Error) -> PrefetchError {
     }
 }
 
+/// Sends `req` (a GET of `url`); anything but 2xx is an error.
+async fn get_ok(
+    req: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<reqwest::Response, PrefetchError> {
+    let r = req.send().await.map_err(|e| request_error(url, e))?;
+    if !r.status().is_success() {
+        return Err(PrefetchError::Status {
+            url: url.to_string(),
+            status: r.status().as_u16(),
+        });
+    }
+    Ok(r)
+}
+
 /// A client for a tender on this node (`base` is its URL). A loopback https
 /// URL is tender's own listener, whose certificate is meant for the node's
 /// other clients: it is not verified.
@@ -104,18 +119,7 @@ pub async fn prefetch(
             "{base}/v2/{}/manifests/{reference}?ns={ns}",
             image.repository
         );
-        let r = client
-            .get(&url)
-            .header("accept", media::ACCEPT_ALL)
-            .send()
-            .await
-            .map_err(|e| request_error(&url, e))?;
-        if !r.status().is_success() {
-            return Err(PrefetchError::Status {
-                url,
-                status: r.status().as_u16(),
-            });
-        }
+        let r = get_ok(client.get(&url).header("accept", media::ACCEPT_ALL), &url).await?;
         let digest = r
             .headers()
             .get("docker-content-digest")
@@ -166,17 +170,7 @@ pub async fn prefetch(
             why: e.to_string(),
         })?;
         let url = format!("{base}/v2/{}/blobs/{dg}?ns={ns}", image.repository);
-        let mut r = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| request_error(&url, e))?;
-        if !r.status().is_success() {
-            return Err(PrefetchError::Status {
-                url,
-                status: r.status().as_u16(),
-            });
-        }
+        let mut r = get_ok(client.get(&url), &url).await?;
         let total = r.content_length().unwrap_or(*size);
         let mut done = 0u64;
         let mut last = std::time::Instant::now();

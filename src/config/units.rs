@@ -33,9 +33,11 @@ pub fn parse_size(s: &str) -> Result<u64, BadValue> {
             )))
         }
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| bad(format!("{s:?} is not a size such as \"512MiB\" or \"20GiB\"")))?;
+    let n: f64 = num.parse().map_err(|_| {
+        bad(format!(
+            "{s:?} is not a size such as \"512MiB\" or \"20GiB\""
+        ))
+    })?;
     let bytes = n * mult as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
         return Err(bad(format!("{s:?} is out of range")));

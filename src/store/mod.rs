@@ -427,16 +427,23 @@ impl Store {
             if let Some(b) = dir_disk {
                 idx.set_dir((kind, d.as_bytes()[0]), b);
             }
-            let v = if idx.used() > self.max_size {
-                idx.evict_to(self.low_water)
-            } else {
-                Vec::new()
-            };
-            self.publish(&idx);
-            v
+            self.bound(&mut idx)
         };
         self.unlink(victims);
         Ok(true)
+    }
+
+    /// Over the bound, picks the least recently used objects down to the
+    /// low-water mark (the caller unlinks them outside the lock); publishes
+    /// the size.
+    fn bound(&self, idx: &mut Index) -> Vec<Key> {
+        let victims = if idx.used() > self.max_size {
+            idx.evict_to(self.low_water)
+        } else {
+            Vec::new()
+        };
+        self.publish(idx);
+        victims
     }
 
     /// Unlinks evicted objects. Readers holding them open keep reading: an
@@ -487,7 +494,6 @@ impl Store {
     pub fn entry_count(&self) -> usize {
         self.lock().len()
     }
-
 }
 
 /// Splits a stored manifest file into its media type line and body.

@@ -92,13 +92,7 @@ impl Store {
                 idx.set_dir(id, bytes);
             }
             idx.merge_scan(found.into_iter().map(|(_, k, size)| (k, size)));
-            let v = if idx.used() > self.max_size {
-                idx.evict_to(self.low_water)
-            } else {
-                Vec::new()
-            };
-            self.publish(&idx);
-            v
+            self.bound(&mut idx)
         };
         self.unlink(victims);
         self.indexed.store(true, Ordering::Release);

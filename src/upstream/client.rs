@@ -122,8 +122,63 @@ impl UpstreamClient {
         suffix: &str,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, AttemptError> {
-        let res = self.send_inner(method, repo, suffix, headers).await;
-        match &res {
+        let res = async {
+            let repo_path = self.repo_path(repo);
+            let url = format!("{}/v2/{}/{}", self.url, repo_path, suffix);
+            let scope = format!("repository:{repo_path}:pull");
+            let mut resp = self
+                .send_once(
+                    method.clone(),
+                    &url,
+                    headers.clone(),
+                    self.auth.cached(&scope),
+                )
+                .await?;
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                let auth = match first_challenge(&resp) {
+                    Some(Challenge::Bearer { realm, service, .. }) => Some(
+                        self.auth
+                            .fetch_token(
+                                &self.token_origin(),
+                                &realm,
+                                service.as_deref(),
+                                &scope,
+                                None,
+                            )
+                            .await?,
+                    ),
+                    Some(Challenge::Basic) => self.auth.use_basic(),
+                    None => None,
+                };
+                if auth.is_some() {
+                    resp = self.send_once(method, &url, headers, auth).await?;
+                }
+            }
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Err(AttemptError::Status {
+                status: status.as_u16(),
+                retry_after,
+            })
+        }
+        .await;
+        self.note_health(&res);
+        res
+    }
+
+    /// What an answer says about the upstream's health: alive (any answer
+    /// but 5xx and 429), failing (5xx, timeouts, transport errors), or
+    /// asking us to back off (429).
+    fn note_health(&self, res: &Result<reqwest::Response, AttemptError>) {
+        match res {
             Ok(_) => self.health.success(),
             Err(AttemptError::Status {
                 status: 429,
@@ -134,55 +189,6 @@ impl UpstreamClient {
             Err(AttemptError::Timeout(_) | AttemptError::Transport(_)) => self.health.failure(),
             Err(_) => {}
         }
-        res
-    }
-
-    async fn send_inner(
-        &self,
-        method: Method,
-        repo: &str,
-        suffix: &str,
-        headers: HeaderMap,
-    ) -> Result<reqwest::Response, AttemptError> {
-        let repo_path = self.repo_path(repo);
-        let url = format!("{}/v2/{}/{}", self.url, repo_path, suffix);
-        let scope = format!("repository:{repo_path}:pull");
-        let mut resp = self
-            .send_once(
-                method.clone(),
-                &url,
-                headers.clone(),
-                self.auth.cached(&scope),
-            )
-            .await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            let auth = match first_challenge(&resp) {
-                Some(Challenge::Bearer { realm, service, .. }) => Some(
-                    self.auth
-                        .fetch_token(&self.token_origin(), &realm, service.as_deref(), &scope, None)
-                        .await?,
-                ),
-                Some(Challenge::Basic) => self.auth.use_basic(),
-                None => None,
-            };
-            if auth.is_some() {
-                resp = self.send_once(method, &url, headers, auth).await?;
-            }
-        }
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(resp);
-        }
-        let retry_after = resp
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        Err(AttemptError::Status {
-            status: status.as_u16(),
-            retry_after,
-        })
     }
 
     async fn send_once(
@@ -291,10 +297,11 @@ impl UpstreamClient {
             url: &self.url,
             host: &self.host,
             timeouts: self.timeouts,
-            requests: self
-                .metrics
-                .upstream_requests
-                .with_label_values(&[&self.registry, &self.url, "token"]),
+            requests: self.metrics.upstream_requests.with_label_values(&[
+                &self.registry,
+                &self.url,
+                "token",
+            ]),
         }
     }
 

@@ -70,6 +70,10 @@ pub struct Fault {
     pub rate: Option<u64>,
     /// Delay manifest responses (so that concurrent resolves overlap).
     pub manifest_delay: Option<Duration>,
+    /// Answer a manifest for any repository and tag not put here: 404 for a
+    /// tag starting with `miss`, else a small manifest of its own (its
+    /// digest differs from every other tag's).
+    pub any_tag: bool,
 }
 
 #[derive(Default)]
@@ -342,7 +346,8 @@ async fn handle(
         if let Some(d) = fault.manifest_delay {
             tokio::time::sleep(d).await;
         }
-        let Some((mt, body)) = st.manifests.lock().unwrap().get(&key).cloned() else {
+        let stored = st.manifests.lock().unwrap().get(&key).cloned();
+        let Some((mt, body)) = stored.or_else(|| any_tag(&fault, name, reference)) else {
             return error(404, "MANIFEST_UNKNOWN");
         };
         let digest = fault
@@ -474,6 +479,28 @@ async fn handle(
         return r;
     }
     error(404, "NOT_FOUND")
+}
+
+/// The manifest `Fault::any_tag` answers for `name:reference`, if any.
+fn any_tag(fault: &Fault, name: &str, reference: &str) -> Option<(String, Bytes)> {
+    if !fault.any_tag || reference.contains(':') || reference.starts_with("miss") {
+        return None;
+    }
+    let body = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": digest_of(b"{}"),
+            "size": 2
+        },
+        "layers": [],
+        "annotations": {"tag": format!("{name}:{reference}")}
+    });
+    Some((
+        "application/vnd.oci.image.manifest.v1+json".to_string(),
+        Bytes::from(body.to_string()),
+    ))
 }
 
 /// Standard base64 (for Basic credentials).

@@ -65,6 +65,18 @@ pub(super) fn get_bool(table: Option<&Table>, key: &str) -> Option<bool> {
     get(table, key).and_then(Value::as_bool)
 }
 
+/// The strings of a TOML array (nothing if absent or not an array).
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The CRI image settings of a containerd config, wherever its version puts
 /// them.
 #[derive(Debug, Default)]
@@ -121,19 +133,7 @@ impl CriConfig {
         let mirrors = get_table(registry, "mirrors")
             .map(|m| {
                 m.iter()
-                    .map(|(host, v)| {
-                        let endpoints = v
-                            .get("endpoint")
-                            .and_then(Value::as_array)
-                            .map(|a| {
-                                a.iter()
-                                    .filter_map(Value::as_str)
-                                    .map(str::to_string)
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        (host.clone(), endpoints)
-                    })
+                    .map(|(host, v)| (host.clone(), strings(v.get("endpoint"))))
                     .collect()
             })
             .unwrap_or_default();
@@ -158,16 +158,7 @@ impl CriConfig {
         CriConfig {
             file_version,
             has_plugins: plugins.is_some(),
-            imports: root
-                .get("imports")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            imports: strings(root.get("imports")),
             registry_table: Some(registry_table),
             config_path: get(registry, "config_path")
                 .and_then(Value::as_str)
