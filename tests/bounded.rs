@@ -128,7 +128,10 @@ async fn random_tags_and_repositories_leave_memory_and_disk_within_their_bounds(
         store.disk_usage()
     );
     assert!(tags_in_memory <= tags::MEMORY_ENTRIES, "{tags_in_memory}");
-    assert!(manifest_bytes <= manifests::MEMORY_BYTES, "{manifest_bytes}");
+    assert!(
+        manifest_bytes <= manifests::MEMORY_BYTES,
+        "{manifest_bytes}"
+    );
     assert!(tokens <= 1024, "{tokens} tokens");
     assert!(store.disk_usage() <= CACHE_MAX, "{}", store.disk_usage());
     assert!(

@@ -210,3 +210,34 @@ fn containerd_hosts_restore_and_the_k3s_and_docker_formats() {
     assert_eq!(v["registry-mirrors"][0], "http://127.0.0.1:5050");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn check_config_prints_every_problem_with_its_key() {
+    let (code, out, err) = tender(&["check-config"]);
+    assert_eq!(code, 0, "the embedded default is valid: {out}{err}");
+    assert!(out.contains("embedded default config: valid"), "{out}");
+    let dir = tempdir("check-config");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "cache_max_size = \"lots\"\n[[registry]]\nhost = \"Bad Host\"\n  [[registry.upstream]]\n  url = \"ftp://x\"\n",
+    )
+    .unwrap();
+    let (code, out, _) = tender(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    for key in [
+        "cache_max_size:",
+        "registry[0].host:",
+        "registry[0].upstream[0].url:",
+    ] {
+        assert!(
+            out.lines().any(|l| l.contains(key)),
+            "no line for {key} in: {out}"
+        );
+    }
+    std::fs::write(&cfg, "listne = \"127.0.0.1:1\"\n").unwrap();
+    let (code, out, _) = tender(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("listne"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
