@@ -29,14 +29,14 @@ async fn oci_error(r: reqwest::Response) -> (StatusCode, String) {
 }
 
 async fn one_upstream(fake: &Fake) -> Daemon {
-    Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await
+    Daemon::over(&[&fake]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_endpoint_answers_with_the_api_version() {
     let fake = Fake::start().await;
     let d = one_upstream(&fake).await;
-    let r = client().get(d.url("/v2/")).send().await.unwrap();
+    let r = d.get("/v2/").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["docker-distribution-api-version"],
@@ -293,11 +293,7 @@ async fn unknown_ns_is_refused_without_any_outbound_connection() {
         );
     }
     // No ns and no default registry: refused too.
-    let r = c
-        .get(d.url("/v2/library/app/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get("/v2/library/app/manifests/latest").await;
     assert_eq!(oci_error(r).await.0, StatusCode::NOT_FOUND);
     assert!(target.log().is_empty() && configured.log().is_empty());
 }
@@ -314,18 +310,9 @@ async fn requests_without_ns_go_to_the_default_registry_and_ns_selects_others() 
         registry_toml("quay.io", false, &[&quay.url()])
     );
     let d = Daemon::start(&toml, "").await;
-    let c = client();
-    let r = c
-        .get(d.url("/v2/library/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
-    let r = c
-        .get(d.url("/v2/org/app/manifests/v1?ns=quay.io&foo=bar"))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get("/v2/org/app/manifests/v1?ns=quay.io&foo=bar").await;
     assert_eq!(r.status(), 200, "unknown query parameters are ignored");
     assert_eq!(hub.count("GET", "/manifests/"), 1);
     assert_eq!(quay.count("GET", "/manifests/"), 1);
@@ -368,19 +355,10 @@ async fn upstreams_are_tried_in_order_falling_through_on_5xx_429_404_and_refused
         "",
     )
     .await;
-    let c = client();
-    let r = c
-        .get(d.url("/v2/library/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
-    let r = c
-        .get(d.url(&format!("/v2/library/app/blobs/{}", layers[0])))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get(&format!("/v2/library/app/blobs/{}", layers[0])).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), 5000);
     for f in [&five, &limited, &empty, &good] {
@@ -397,19 +375,14 @@ async fn upstreams_are_tried_in_order_falling_through_on_5xx_429_404_and_refused
 async fn unknown_content_is_404_and_unreachable_upstreams_are_503() {
     let a = Fake::start().await;
     let b = Fake::start().await;
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&a.url(), &b.url()]), "").await;
-    let c = client();
+    let d = Daemon::over(&[&a, &b]).await;
     let missing = fake::digest_of(b"nope");
-    let r = c
-        .get(d.url(&format!("/v2/x/blobs/{missing}")))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get(&format!("/v2/x/blobs/{missing}")).await;
     assert_eq!(
         oci_error(r).await,
         (StatusCode::NOT_FOUND, "BLOB_UNKNOWN".into())
     );
-    let r = c.get(d.url("/v2/x/manifests/nope")).send().await.unwrap();
+    let r = d.get("/v2/x/manifests/nope").await;
     assert_eq!(
         oci_error(r).await,
         (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN".into())
@@ -418,7 +391,7 @@ async fn unknown_content_is_404_and_unreachable_upstreams_are_503() {
         status: Some(502),
         ..Fault::default()
     });
-    let r = c.get(d.url("/v2/x/manifests/nope")).send().await.unwrap();
+    let r = d.get("/v2/x/manifests/nope").await;
     assert_eq!(
         oci_error(r).await,
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into()),
@@ -449,21 +422,9 @@ async fn bearer_token_auth_is_answered_and_tokens_are_cached_per_repository() {
         creds.display()
     );
     let d = Daemon::start(&toml, "").await;
-    let c = client();
-    assert_eq!(
-        c.get(d.url("/v2/library/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(d.get("/v2/library/app/manifests/v1").await.status(), 200);
     for l in &layers {
-        let r = c
-            .get(d.url(&format!("/v2/library/app/blobs/{l}")))
-            .send()
-            .await
-            .unwrap();
+        let r = d.get(&format!("/v2/library/app/blobs/{l}")).await;
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
@@ -493,20 +454,8 @@ async fn repository_prefix_is_prepended_upstream_and_hidden_from_clients() {
         harbor.url()
     );
     let d = Daemon::start(&toml, "").await;
-    let c = client();
-    assert_eq!(
-        c.get(d.url("/v2/library/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let tags = c
-        .get(d.url("/v2/library/app/tags/list?n=10"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(d.get("/v2/library/app/manifests/v1").await.status(), 200);
+    let tags = d.get("/v2/library/app/tags/list?n=10").await;
     let tags: serde_json::Value = serde_json::from_slice(&tags.bytes().await.unwrap()).unwrap();
     assert_eq!(tags["name"], "library/app");
     assert_eq!(tags["tags"][0], "v1");
@@ -535,11 +484,7 @@ async fn blob_redirects_are_followed_without_the_registry_authorization() {
         ..Fault::default()
     });
     let d = one_upstream(&registry).await;
-    let r = client()
-        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
     let cdn_req = cdn
@@ -614,25 +559,15 @@ async fn a_corrupted_blob_is_never_committed_and_the_client_transfer_is_aborted(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_broken_mid_way_is_resumed_from_the_next_upstream_with_range() {
-    let bad = Fake::start().await;
-    let good = Fake::start().await;
     let data = random_bytes(500_000, 8);
-    let digest = bad.put_blob(data.clone());
-    good.put_blob(data.clone());
+    let (fakes, digest) = Fake::several_with_blob(2, &data).await;
+    let (bad, good) = (&fakes[0], &fakes[1]);
     bad.set_fault(Fault {
         truncate: Some(200_000),
         ..Fault::default()
     });
-    let d = Daemon::start(
-        &registry_toml("docker.io", true, &[&bad.url(), &good.url()]),
-        "",
-    )
-    .await;
-    let r = client()
-        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let d = Daemon::over(&[&bad, &good]).await;
+    let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
     let resumed = good
         .log()
@@ -650,11 +585,9 @@ async fn a_body_broken_mid_way_is_resumed_from_the_next_upstream_with_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_from_an_upstream_that_ignores_range_skips_the_prefix() {
-    let bad = Fake::start().await;
-    let good = Fake::start().await;
     let data = random_bytes(500_000, 9);
-    let digest = bad.put_blob(data.clone());
-    good.put_blob(data.clone());
+    let (fakes, digest) = Fake::several_with_blob(2, &data).await;
+    let (bad, good) = (&fakes[0], &fakes[1]);
     bad.set_fault(Fault {
         truncate: Some(123_457),
         ..Fault::default()
@@ -663,16 +596,8 @@ async fn a_resume_from_an_upstream_that_ignores_range_skips_the_prefix() {
         ignore_range: true,
         ..Fault::default()
     });
-    let d = Daemon::start(
-        &registry_toml("docker.io", true, &[&bad.url(), &good.url()]),
-        "",
-    )
-    .await;
-    let r = client()
-        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let d = Daemon::over(&[&bad, &good]).await;
+    let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
 }
 
@@ -685,22 +610,14 @@ async fn a_manifest_whose_digest_does_not_match_is_rejected() {
         ..Fault::default()
     });
     let d = one_upstream(&fake).await;
-    let r = client()
-        .get(d.url("/v2/library/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 502);
     // By digest the bytes must hash to the requested digest; a different
     // manifest under that digest is refused too.
     let other = fake.put_manifest("library/app", None, OCI_MANIFEST, r#"{"schemaVersion":2}"#);
     let _ = other;
     let wrong = fake::digest_of(b"not this manifest");
-    let r = client()
-        .get(d.url(&format!("/v2/library/app/manifests/{wrong}")))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get(&format!("/v2/library/app/manifests/{wrong}")).await;
     assert_eq!(r.status(), 404);
     let _ = md;
 }
@@ -757,20 +674,8 @@ async fn the_cache_serves_after_a_restart_with_no_upstream_reachable() {
     let fake = Fake::start().await;
     let (md, layers) = fake.put_image("library/app", "v1", &[random_bytes(70_000, 10)]);
     let mut d = one_upstream(&fake).await;
-    let c = client();
-    assert_eq!(
-        c.get(d.url("/v2/library/app/manifests/v1"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let r = c
-        .get(d.url(&format!("/v2/library/app/blobs/{}", layers[0])))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(d.get("/v2/library/app/manifests/v1").await.status(), 200);
+    let r = d.get(&format!("/v2/library/app/blobs/{}", layers[0])).await;
     r.bytes().await.unwrap();
     d.stop().await;
     let dir = d.dir.clone();
@@ -778,18 +683,12 @@ async fn the_cache_serves_after_a_restart_with_no_upstream_reachable() {
     // The same cache directory, an upstream that refuses connections.
     let dead = "http://127.0.0.1:9";
     let d2 = Daemon::start_in(dir, &registry_toml("docker.io", true, &[dead]), "").await;
-    let r = c
-        .get(d2.url("/v2/library/app/manifests/v1"))
-        .send()
-        .await
-        .unwrap();
+    let r = d2.get("/v2/library/app/manifests/v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"], md.as_str());
-    let r = c
-        .get(d2.url(&format!("/v2/library/app/blobs/{}", layers[0])))
-        .send()
-        .await
-        .unwrap();
+    let r = d2
+        .get(&format!("/v2/library/app/blobs/{}", layers[0]))
+        .await;
     assert_eq!(r.bytes().await.unwrap().len(), 70_000);
 }
 
@@ -798,23 +697,11 @@ async fn metrics_expose_the_contract_names() {
     let fake = Fake::start().await;
     let (_, layers) = fake.put_image("library/app", "v1", &[b"m".to_vec()]);
     let d = one_upstream(&fake).await;
-    let c = client();
     for _ in 0..2 {
-        let r = c
-            .get(d.url(&format!("/v2/library/app/blobs/{}", layers[0])))
-            .send()
-            .await
-            .unwrap();
+        let r = d.get(&format!("/v2/library/app/blobs/{}", layers[0])).await;
         r.bytes().await.unwrap();
     }
-    let text = c
-        .get(d.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = d.get("/metrics").await.text().await.unwrap();
     for name in [
         "tender_requests_total{kind=\"blob\",result=\"hit\"} 1",
         "tender_requests_total{kind=\"blob\",result=\"miss\"} 1",
@@ -843,11 +730,7 @@ async fn each_upstream_uses_its_own_egress_proxy() {
         registry_toml("quay.io", false, &[&direct.url()])
     );
     let d = Daemon::start(&toml, "").await;
-    let r = client()
-        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
     let seen = proxy.seen.lock().unwrap().clone();
     assert_eq!(
@@ -857,11 +740,7 @@ async fn each_upstream_uses_its_own_egress_proxy() {
         )]
     );
     // Another registry's upstream without a proxy is dialled directly.
-    let r = client()
-        .get(d.url("/v2/org/app/manifests/v1?ns=quay.io"))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get("/v2/org/app/manifests/v1?ns=quay.io").await;
     assert_eq!(r.status(), 200);
     assert_eq!(proxy.seen.lock().unwrap().len(), 1);
     assert_eq!(direct.count("GET", "/manifests/v1"), 1);
@@ -886,11 +765,7 @@ async fn a_public_upstream_cannot_redirect_tender_to_an_internal_address() {
     );
     let d = Daemon::start(&toml, "").await;
     // ... that answers with a redirect to 127.0.0.1.
-    let r = client()
-        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(r.status(), 503);
     assert!(
         internal.log().is_empty(),
@@ -974,11 +849,7 @@ async fn a_429_with_retry_after_is_honoured_and_client_retries_never_reach_the_u
     // containerd retries a 429 at once, up to 5 times; tender answers 503
     // (so containerd moves on to its next host) and stays quiet upstream.
     for _ in 0..5 {
-        let r = client()
-            .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
-            .send()
-            .await
-            .unwrap();
+        let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
         assert_eq!(
             oci_error(r).await,
             (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE".into())

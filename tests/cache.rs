@@ -41,7 +41,7 @@ async fn concurrent_misses_fetch_upstream_once() {
     let data = random_bytes(2 << 20, 1);
     let digest = fake.put_blob(data.clone());
     fake.set_fault(slow());
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let d = Daemon::over(&[&fake]).await;
     // Clients in different repositories share the fill: blobs are keyed by digest alone.
     let tasks: Vec<_> = (0..16)
         .map(|i| {
@@ -71,7 +71,7 @@ async fn ranged_followers_join_the_fill_and_get_their_bytes() {
     let data = random_bytes(2 << 20, 2);
     let digest = fake.put_blob(data.clone());
     fake.set_fault(slow());
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let d = Daemon::over(&[&fake]).await;
     let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
     let full = tokio::spawn(get(url.clone(), None));
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -111,7 +111,7 @@ async fn a_leader_that_disconnects_does_not_cancel_the_fill() {
         gate: true,
         ..Fault::default()
     });
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let d = Daemon::over(&[&fake]).await;
     let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
     // The leader gets its headers, reads a little, and hangs up.
     let r = client().get(&url).send().await.unwrap();
@@ -140,7 +140,7 @@ async fn a_failed_fill_fails_every_follower_at_once_and_the_next_request_starts_
         gate: true,
         ..Fault::default()
     });
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let d = Daemon::over(&[&fake]).await;
     let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
     let tasks: Vec<_> = (0..8)
         .map(|_| tokio::spawn(get(url.clone(), None)))
@@ -170,7 +170,7 @@ async fn concurrent_tag_and_digest_resolves_cost_one_upstream_request() {
         manifest_delay: Some(Duration::from_millis(100)),
         ..Fault::default()
     });
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let d = Daemon::over(&[&fake]).await;
     let by_tag: Vec<_> = (0..10)
         .map(|_| tokio::spawn(get(d.url("/v2/library/app/manifests/v1"), None)))
         .collect();
@@ -271,7 +271,7 @@ async fn a_follower_from_another_repository_is_not_failed_by_the_leaders_not_fou
         blob_delay: Some(Duration::from_millis(300)),
         ..Fault::default()
     });
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let d = Daemon::over(&[&fake]).await;
     // The leader asks under a repository that does not have the blob ...
     let wrong = tokio::spawn(get(d.url(&format!("/v2/nope/blobs/{digest}")), None));
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -289,12 +289,8 @@ async fn an_empty_body_for_a_non_empty_digest_is_never_a_complete_response() {
         empty_blobs: true,
         ..Fault::default()
     });
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
-    let r = client()
-        .get(d.url(&format!("/v2/library/app/blobs/{digest}")))
-        .send()
-        .await
-        .unwrap();
+    let d = Daemon::over(&[&fake]).await;
+    let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert!(
         r.status().is_server_error(),
         "a lying empty body must fail, got {}",
@@ -302,11 +298,7 @@ async fn an_empty_body_for_a_non_empty_digest_is_never_a_complete_response() {
     );
     // The real empty blob is served (and verified).
     let empty = fake.put_blob(Vec::new());
-    let r = client()
-        .get(d.url(&format!("/v2/library/app/blobs/{empty}")))
-        .send()
-        .await
-        .unwrap();
+    let r = d.get(&format!("/v2/library/app/blobs/{empty}")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), 0);
 }

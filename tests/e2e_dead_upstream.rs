@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use faulty::StallServer;
 use testkit::containerd::*;
+use testkit::daemon::runtime;
 use testkit::fake::{Fake, Fault};
 use testkit::image::*;
 use testkit::process::*;
@@ -201,12 +202,32 @@ fn assert_registry_served_everything_once(case: &str, reg: &Registry, img: &Test
     );
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+/// A real registry holding a generated image; in front of it, first, a fake
+/// upstream holding the same image and answering with a fault; tender over
+/// both. Fields drop in order, the temp dir last.
+struct FaultyFirst {
+    t: TenderProcess,
+    fake: Fake,
+    _rt: tokio::runtime::Runtime,
+    reg: Registry,
+    img: TestImage,
+    tmp: TempDir,
+}
+
+fn faulty_first(name: &str, seed: u64, fault: Fault) -> FaultyFirst {
+    let tmp = TempDir::new(&format!("tender-dead-{name}"));
+    let (img, reg) = image_in_registry(&tmp, seed);
+    let rt = runtime();
+    let fake = fake_with_image(&rt, &img, fault);
+    let t = tender_with(&tmp, &fake.url(), &reg);
+    FaultyFirst {
+        t,
+        fake,
+        _rt: rt,
+        reg,
+        img,
+        tmp,
+    }
 }
 
 /// An in-process fake upstream holding the very same manifest and blobs
@@ -325,16 +346,9 @@ fn first_upstream_accepts_and_never_answers() {
 #[test]
 fn first_upstream_resets_blob_bodies_after_some_bytes() {
     let case = "reset-mid-body";
-    let tmp = TempDir::new("tender-dead-reset");
-    let (img, reg) = image_in_registry(&tmp, 33);
-    assert!(
-        blob_size(&img, &img.config_digest) < BREAK_AT as u64,
-        "the config must come whole from the breaking upstream"
-    );
-    let rt = runtime();
-    let fake = fake_with_image(
-        &rt,
-        &img,
+    let s = faulty_first(
+        "reset",
+        33,
         Fault {
             truncate: Some(BREAK_AT),
             // A pause after each 64 KiB lets every byte before the break
@@ -345,17 +359,20 @@ fn first_upstream_resets_blob_bodies_after_some_bytes() {
             ..Fault::default()
         },
     );
-    let t = tender_with(&tmp, &fake.url(), &reg);
-    let (_c, _elapsed) = pull_through(&tmp, case, &t, &img);
+    assert!(
+        blob_size(&s.img, &s.img.config_digest) < BREAK_AT as u64,
+        "the config must come whole from the breaking upstream"
+    );
+    let (_c, _elapsed) = pull_through(&s.tmp, case, &s.t, &s.img);
 
-    assert_layers_resumed_from_registry(case, &t, &reg, &img);
+    assert_layers_resumed_from_registry(case, &s.t, &s.reg, &s.img);
     let mut offsets = 0;
-    for d in &img.layer_digests {
+    for d in &s.img.layer_digests {
         // Every byte that arrived before the break is kept.
-        let at = resume_offsets(&t, d)[0];
+        let at = resume_offsets(&s.t, d)[0];
         assert_eq!(at, BREAK_AT as u64, "{case}: {d} resumed at {at}");
         offsets += at;
-        let at_fake: Vec<_> = fake
+        let at_fake: Vec<_> = s.fake
             .log()
             .into_iter()
             .filter(|l| l.method == "GET" && l.path.ends_with(&format!("/blobs/{d}")))
@@ -366,32 +383,38 @@ fn first_upstream_resets_blob_bodies_after_some_bytes() {
     // No byte was fetched twice: what tender got from the breaking upstream
     // (the config, then each layer's prefix) and from the registry (each
     // layer's rest) adds up to the image.
-    let metrics = t.metrics();
+    let metrics = s.t.metrics();
     let from = |url: &str| {
         tender::metric_value(
             &metrics,
             &format!("tender_upstream_bytes_total{{registry=\"docker.io\",upstream=\"{url}\"}}"),
         ) as u64
     };
-    let layer_bytes: u64 = img.layer_digests.iter().map(|d| blob_size(&img, d)).sum();
+    let layer_bytes: u64 = s
+        .img
+        .layer_digests
+        .iter()
+        .map(|d| blob_size(&s.img, d))
+        .sum();
     assert_eq!(
-        from(&fake.url()),
-        blob_size(&img, &img.config_digest) + offsets,
+        from(&s.fake.url()),
+        blob_size(&s.img, &s.img.config_digest) + offsets,
         "{case}: bytes from the breaking upstream\n{metrics}"
     );
     assert_eq!(
-        from(&reg.url()),
+        from(&s.reg.url()),
         layer_bytes - offsets,
         "{case}: bytes from the registry\n{metrics}"
     );
     eprintln!(
         "{case}: breaking upstream: {:?}; resumed at {:?}; registry: {:?}",
-        upstream_statuses(&t, &fake.url()),
-        img.layer_digests
+        upstream_statuses(&s.t, &s.fake.url()),
+        s.img
+            .layer_digests
             .iter()
-            .map(|d| resume_offsets(&t, d))
+            .map(|d| resume_offsets(&s.t, d))
             .collect::<Vec<_>>(),
-        registry_access(&reg)
+        registry_access(&s.reg)
             .iter()
             .map(|a| (a.status, a.bytes))
             .collect::<Vec<_>>()
@@ -401,31 +424,27 @@ fn first_upstream_resets_blob_bodies_after_some_bytes() {
 #[test]
 fn first_upstream_stalls_mid_body() {
     let case = "stall-mid-body";
-    let tmp = TempDir::new("tender-dead-bodystall");
-    let (img, reg) = image_in_registry(&tmp, 34);
-    let rt = runtime();
     // Headers and a first 64 KiB chunk, then nothing, connection open.
-    let fake = fake_with_image(
-        &rt,
-        &img,
+    let s = faulty_first(
+        "bodystall",
+        34,
         Fault {
             gate: true,
             ..Fault::default()
         },
     );
-    let t = tender_with(&tmp, &fake.url(), &reg);
-    let (_c, _elapsed) = pull_through(&tmp, case, &t, &img);
+    let (_c, _elapsed) = pull_through(&s.tmp, case, &s.t, &s.img);
 
-    assert_layers_resumed_from_registry(case, &t, &reg, &img);
-    let log = t.log();
+    assert_layers_resumed_from_registry(case, &s.t, &s.reg, &s.img);
+    let log = s.t.log();
     assert!(
         log.contains("no bytes for 2s"),
         "{case}: stall_timeout must end the stalled bodies\n{log}"
     );
     eprintln!(
         "{case}: stalling upstream: {:?}; registry: {:?}",
-        upstream_statuses(&t, &fake.url()),
-        registry_access(&reg)
+        upstream_statuses(&s.t, &s.fake.url()),
+        registry_access(&s.reg)
             .iter()
             .map(|a| (a.status, a.bytes))
             .collect::<Vec<_>>()
@@ -435,25 +454,21 @@ fn first_upstream_stalls_mid_body() {
 #[test]
 fn first_upstream_answers_503_to_everything() {
     let case = "503";
-    let tmp = TempDir::new("tender-dead-503");
-    let (img, reg) = image_in_registry(&tmp, 35);
-    let rt = runtime();
-    let fake = fake_with_image(
-        &rt,
-        &img,
+    let s = faulty_first(
+        "503",
+        35,
         Fault {
             status: Some(503),
             ..Fault::default()
         },
     );
-    let t = tender_with(&tmp, &fake.url(), &reg);
-    let (_c, _elapsed) = pull_through(&tmp, case, &t, &img);
+    let (_c, _elapsed) = pull_through(&s.tmp, case, &s.t, &s.img);
 
-    assert_registry_served_everything_once(case, &reg, &img);
-    let statuses = upstream_statuses(&t, &fake.url());
+    assert_registry_served_everything_once(case, &s.reg, &s.img);
+    let statuses = upstream_statuses(&s.t, &s.fake.url());
     eprintln!(
         "{case}: dead upstream: {statuses:?}; it saw {} requests",
-        fake.log().len()
+        s.fake.log().len()
     );
     assert!(
         !statuses.is_empty() && statuses.iter().all(|(s, _)| s == "503"),
@@ -461,35 +476,32 @@ fn first_upstream_answers_503_to_everything() {
     );
     // One try per distinct object (manifest, config, layers) at most.
     assert!(
-        fake.log().len() <= img.layer_digests.len() + 2,
+        s.fake.log().len() <= s.img.layer_digests.len() + 2,
         "{case}: the failing upstream was asked again and again: {:?}",
-        fake.log()
+        s.fake.log()
     );
 }
 
 #[test]
 fn first_upstream_answers_429_with_retry_after() {
     let case = "429";
-    let tmp = TempDir::new("tender-dead-429");
-    let (img, reg) = image_in_registry(&tmp, 36);
-    let rt = runtime();
-    let fake = fake_with_image(
-        &rt,
-        &img,
+    let s = faulty_first(
+        "429",
+        36,
         Fault {
             status: Some(429),
             retry_after: Some(60),
             ..Fault::default()
         },
     );
-    let t = tender_with(&tmp, &fake.url(), &reg);
-    let (_c, _elapsed) = pull_through(&tmp, case, &t, &img);
+    let (_c, _elapsed) = pull_through(&s.tmp, case, &s.t, &s.img);
 
-    assert_registry_served_everything_once(case, &reg, &img);
-    let statuses = upstream_statuses(&t, &fake.url());
+    assert_registry_served_everything_once(case, &s.reg, &s.img);
+    let statuses = upstream_statuses(&s.t, &s.fake.url());
     eprintln!(
         "{case}: rate-limiting upstream: {statuses:?}; it saw {:?}",
-        fake.log()
+        s.fake
+            .log()
             .iter()
             .map(|l| format!("{} {}", l.method, l.path))
             .collect::<Vec<_>>()
@@ -497,10 +509,10 @@ fn first_upstream_answers_429_with_retry_after() {
     // Retry-After is honoured: after the first 429 tender leaves it alone
     // for the rest of the pull, rather than asking for every object.
     assert_eq!(
-        fake.log().len(),
+        s.fake.log().len(),
         1,
         "{case}: the rate-limiting upstream must be asked once: {:?}",
-        fake.log()
+        s.fake.log()
     );
     assert_eq!(statuses, [("429".to_string(), 1.0)], "{case}");
 }

@@ -105,10 +105,7 @@ async fn one_client_cannot_take_more_than_its_share_of_connections() {
     // When one goes away, there is room again.
     drop(idle);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        client().get(d.url("/v2/")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(d.get("/v2/").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +148,7 @@ async fn the_listener_speaks_tls_when_configured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_headers_are_refused() {
     let fake = Fake::start().await;
-    let d = Daemon::start(&registry_toml("docker.io", true, &[&fake.url()]), "").await;
+    let d = Daemon::over(&[&fake]).await;
     let addr = d.running.as_ref().unwrap().addr;
     let answer = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();

@@ -41,6 +41,13 @@ impl Daemon {
         }
     }
 
+    /// tender serving docker.io (the default registry) from `upstreams`, in order.
+    pub async fn over(upstreams: &[&crate::fake::Fake]) -> Daemon {
+        let urls: Vec<String> = upstreams.iter().map(|f| f.url()).collect();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        Daemon::start(&crate::fake::registry_toml("docker.io", true, &urls), "").await
+    }
+
     pub fn api(&self) -> &Arc<Api> {
         &self.running.as_ref().expect("a running daemon").api
     }
@@ -51,6 +58,20 @@ impl Daemon {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `GET path` from this daemon.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.get_with(path, &[]).await
+    }
+
+    /// `GET path` with extra request headers.
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = crate::http::client().get(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("a response from tender")
     }
 
     pub async fn stop(&mut self) {

@@ -131,6 +131,18 @@ impl Fake {
         format!("http://{}", self.addr)
     }
 
+    /// `n` fakes that each hold `data` as a blob, and its digest.
+    pub async fn several_with_blob(n: usize, data: &[u8]) -> (Vec<Fake>, String) {
+        let mut fakes = Vec::new();
+        let mut digest = String::new();
+        for _ in 0..n {
+            let f = Fake::start().await;
+            digest = f.put_blob(data.to_vec());
+            fakes.push(f);
+        }
+        (fakes, digest)
+    }
+
     pub fn put_blob(&self, data: impl Into<Bytes>) -> String {
         let data = data.into();
         let d = digest_of(&data);

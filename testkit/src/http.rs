@@ -18,7 +18,15 @@ impl HttpResponse {
     }
 }
 
-fn client() -> &'static reqwest::blocking::Client {
+/// An async client that ignores proxy settings of the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client")
+}
+
+fn blocking_client() -> &'static reqwest::blocking::Client {
     static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
         reqwest::blocking::Client::builder()
@@ -37,7 +45,7 @@ pub fn http_request(
     headers: &[(&str, &str)],
 ) -> reqwest::Result<HttpResponse> {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
-    let mut req = client().request(method, url);
+    let mut req = blocking_client().request(method, url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
