@@ -7,15 +7,10 @@
 use testkit::bench as support;
 use testkit::tender;
 
-use testkit::fake::{registry_toml, Fake};
+use testkit::fake::registry_toml;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let fake = rt.block_on(Fake::start());
+    let (_rt, fake) = support::fake_upstream();
     fake.put_image("library/app", "v1", &[b"layer".to_vec()]);
     let tmp = testkit::process::TempDir::new("tender-bench-manifest");
     let t = tender::TenderProcess::start(

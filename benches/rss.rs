@@ -9,7 +9,7 @@ use testkit::tender;
 
 use std::io::Write;
 
-use testkit::fake::{registry_toml, Fake};
+use testkit::fake::registry_toml;
 use testkit::rng::random_bytes;
 
 const SIZE: usize = 256 << 20;
@@ -43,12 +43,7 @@ fn write_cached_blob(cache: &std::path::Path, block: &[u8], i: usize) -> String 
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let fake = rt.block_on(Fake::start());
+    let (_rt, fake) = support::fake_upstream();
     let tmp = testkit::process::TempDir::new("tender-bench-rss");
     let cache = tmp.path().join("tender/cache");
     std::fs::create_dir_all(&cache).unwrap();

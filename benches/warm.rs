@@ -8,7 +8,7 @@ use testkit::tender;
 
 use std::time::Instant;
 
-use testkit::fake::{registry_toml, Fake};
+use testkit::fake::registry_toml;
 use testkit::rng::random_bytes;
 
 const SIZE: usize = 64 << 20;
@@ -30,12 +30,7 @@ fn throughput(addr: &str, path: &str) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let fake = rt.block_on(Fake::start());
+    let (_rt, fake) = support::fake_upstream();
     let digest = fake.put_blob(random_bytes(SIZE, 7));
     let tmp = testkit::process::TempDir::new("tender-bench-warm");
     let t = tender::TenderProcess::start(

@@ -29,7 +29,7 @@ async fn oci_error(r: reqwest::Response) -> (StatusCode, String) {
 }
 
 async fn one_upstream(fake: &Fake) -> Daemon {
-    Daemon::over(&[&fake]).await
+    Daemon::over(&[fake]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,7 +566,7 @@ async fn a_body_broken_mid_way_is_resumed_from_the_next_upstream_with_range() {
         truncate: Some(200_000),
         ..Fault::default()
     });
-    let d = Daemon::over(&[&bad, &good]).await;
+    let d = Daemon::over(&[bad, good]).await;
     let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
     let resumed = good
@@ -596,7 +596,7 @@ async fn a_resume_from_an_upstream_that_ignores_range_skips_the_prefix() {
         ignore_range: true,
         ..Fault::default()
     });
-    let d = Daemon::over(&[&bad, &good]).await;
+    let d = Daemon::over(&[bad, good]).await;
     let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
 }

@@ -20,20 +20,7 @@ fn slow() -> Fault {
     }
 }
 
-async fn get(url: String, range: Option<String>) -> Result<Vec<u8>, String> {
-    let mut req = client().get(url);
-    if let Some(r) = range {
-        req = req.header("range", r);
-    }
-    let r = req.send().await.map_err(|e| e.to_string())?;
-    if !r.status().is_success() {
-        return Err(format!("status {}", r.status()));
-    }
-    r.bytes()
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|e| e.to_string())
-}
+use testkit::http::fetch as get;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_fetch_upstream_once() {

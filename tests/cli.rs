@@ -15,6 +15,19 @@ fn tender(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `tender containerd-hosts --mirror http://127.0.0.1:5050 --dir DIR ARGS...`
+fn containerd_hosts(dir: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec![
+        "containerd-hosts",
+        "--mirror",
+        "http://127.0.0.1:5050",
+        "--dir",
+        dir,
+    ];
+    all.extend_from_slice(args);
+    tender(&all)
+}
+
 fn tempdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("tender-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -78,13 +91,7 @@ fn the_embedded_default_config_is_printable_and_valid() {
 fn containerd_hosts_is_idempotent_and_backs_up_existing_files() {
     let dir = tempdir("hosts");
     let d = dir.to_str().unwrap();
-    let (code, out, err) = tender(&[
-        "containerd-hosts",
-        "--mirror",
-        "http://127.0.0.1:5050",
-        "--dir",
-        d,
-    ]);
+    let (code, out, err) = containerd_hosts(d, &[]);
     assert_eq!(code, 0, "{err}");
     for host in [
         "docker.io",
@@ -108,27 +115,13 @@ fn containerd_hosts_is_idempotent_and_backs_up_existing_files() {
     }
     assert!(out.contains("written"));
     // Second run: nothing changes, nothing is backed up.
-    let (code, out, _) = tender(&[
-        "containerd-hosts",
-        "--mirror",
-        "http://127.0.0.1:5050",
-        "--dir",
-        d,
-    ]);
+    let (code, out, _) = containerd_hosts(d, &[]);
     assert_eq!(code, 0);
     assert_eq!(out.matches("unchanged").count(), 5, "{out}");
     // An operator's own file is kept byte for byte before being replaced.
     let own = "server = \"https://mirror.corp.example\"\n# mine\n";
     std::fs::write(dir.join("quay.io/hosts.toml"), own).unwrap();
-    let (code, _, _) = tender(&[
-        "containerd-hosts",
-        "--mirror",
-        "http://127.0.0.1:5050",
-        "--dir",
-        d,
-        "--registry",
-        "quay.io",
-    ]);
+    let (code, _, _) = containerd_hosts(d, &["--registry", "quay.io"]);
     assert_eq!(code, 0);
     assert_eq!(
         std::fs::read_to_string(dir.join("quay.io/hosts.toml.tender-bak")).unwrap(),
@@ -146,30 +139,18 @@ fn containerd_hosts_restore_and_the_k3s_and_docker_formats() {
     let own = b"server = \"https://registry-1.docker.io\"\n[host.\"https://corp-mirror\"]\n  capabilities = [\"pull\"]\n".to_vec();
     std::fs::create_dir_all(dir.join("docker.io")).unwrap();
     std::fs::write(dir.join("docker.io/hosts.toml"), &own).unwrap();
-    let (code, _, err) = tender(&[
-        "containerd-hosts",
-        "--mirror",
-        "http://127.0.0.1:5050",
-        "--dir",
-        d,
-        "--registry",
-        "docker.io",
-        "--registry",
-        "quay.io",
-    ]);
+    let (code, _, err) = containerd_hosts(d, &["--registry", "docker.io", "--registry", "quay.io"]);
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = tender(&[
-        "containerd-hosts",
-        "--mirror",
-        "http://127.0.0.1:5050",
-        "--dir",
+    let (code, out, err) = containerd_hosts(
         d,
-        "--registry",
-        "docker.io",
-        "--registry",
-        "quay.io",
-        "--restore",
-    ]);
+        &[
+            "--registry",
+            "docker.io",
+            "--registry",
+            "quay.io",
+            "--restore",
+        ],
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("restored from"), "{out}");
     assert_eq!(

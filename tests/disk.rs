@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use testkit::daemon::Daemon;
-use testkit::fake::{registry_toml, Fake, Fault};
+use testkit::fake::{Fake, Fault};
+use testkit::http::fetch;
 use testkit::rng::random_bytes;
 
 struct Tmpfs {
@@ -71,21 +72,7 @@ fn nix_is_root() -> bool {
 }
 
 async fn get(url: String) -> Result<Vec<u8>, String> {
-    let r = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !r.status().is_success() {
-        return Err(format!("status {}", r.status()));
-    }
-    r.bytes()
-        .await
-        .map(|b| b.to_vec())
-        .map_err(|e| e.to_string())
+    fetch(url, None).await
 }
 
 fn temp_files(dir: &Path) -> usize {
@@ -110,9 +97,9 @@ async fn a_disk_that_fills_mid_download_degrades_to_pass_through_and_never_error
         gate: true,
         ..Fault::default()
     });
-    let d = Daemon::start_in(
+    let d = Daemon::over_in(
         fs.path.join("cache"),
-        &registry_toml("docker.io", true, &[&fake.url()]),
+        &[&fake],
         "cache_max_size = \"1GiB\"\nmin_free_space = \"0\"",
     )
     .await;
@@ -148,9 +135,9 @@ async fn a_blob_larger_than_the_free_space_is_streamed_through() {
     let fake = Fake::start().await;
     let data = random_bytes(6 << 20, 4);
     let digest = fake.put_blob(data.clone());
-    let d = Daemon::start_in(
+    let d = Daemon::over_in(
         fs.path.join("cache"),
-        &registry_toml("docker.io", true, &[&fake.url()]),
+        &[&fake],
         "cache_max_size = \"1GiB\"\nmin_free_space = \"0\"",
     )
     .await;
@@ -177,39 +164,20 @@ async fn the_free_space_watermark_evicts_first_then_streams_through() {
         fake.put_blob(c.clone()),
     );
     // Half of the 8 MiB file system must stay free.
-    let d = Daemon::start_in(
+    let d = Daemon::over_in(
         fs.path.join("cache"),
-        &registry_toml("docker.io", true, &[&fake.url()]),
+        &[&fake],
         "cache_max_size = \"1GiB\"\nmin_free_space = \"50%\"",
     )
     .await;
     let url = |dg: &str| d.url(&format!("/v2/library/app/blobs/{dg}"));
     assert_eq!(get(url(&da)).await.unwrap(), a);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        d.cache()
-            .store()
-            .blob_size(&da.parse().unwrap())
-            .unwrap()
-            .is_some(),
-        "a fits: cached"
-    );
+    assert!(d.has_blob(&da), "a fits: cached");
     assert_eq!(get(url(&db)).await.unwrap(), b);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        d.cache()
-            .store()
-            .blob_size(&da.parse().unwrap())
-            .unwrap()
-            .is_none(),
-        "a evicted to keep the watermark"
-    );
-    assert!(d
-        .cache()
-        .store()
-        .blob_size(&db.parse().unwrap())
-        .unwrap()
-        .is_some());
+    assert!(!d.has_blob(&da), "a evicted to keep the watermark");
+    assert!(d.has_blob(&db));
     assert_eq!(
         get(url(&dc)).await.unwrap(),
         c,
@@ -230,12 +198,7 @@ async fn an_unwritable_cache_serves_by_pass_through() {
     let fake = Fake::start().await;
     let data = random_bytes(1 << 20, 6);
     let digest = fake.put_blob(data.clone());
-    let d = Daemon::start_in(
-        fs.path.join("cache"),
-        &registry_toml("docker.io", true, &[&fake.url()]),
-        "min_free_space = \"0\"",
-    )
-    .await;
+    let d = Daemon::over_in(fs.path.join("cache"), &[&fake], "min_free_space = \"0\"").await;
     fs.remount_ro();
     let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
     assert_eq!(get(url.clone()).await.unwrap(), data);

@@ -372,7 +372,8 @@ fn first_upstream_resets_blob_bodies_after_some_bytes() {
         let at = resume_offsets(&s.t, d)[0];
         assert_eq!(at, BREAK_AT as u64, "{case}: {d} resumed at {at}");
         offsets += at;
-        let at_fake: Vec<_> = s.fake
+        let at_fake: Vec<_> = s
+            .fake
             .log()
             .into_iter()
             .filter(|l| l.method == "GET" && l.path.ends_with(&format!("/blobs/{d}")))

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use testkit::daemon::Daemon;
 use testkit::fake::{registry_toml, Fake};
+use testkit::http::fetch;
 use testkit::rng::random_bytes;
 
 fn client() -> reqwest::Client {
@@ -35,17 +36,7 @@ async fn the_background_scrub_finds_a_flipped_bit_and_evicts_the_object() {
     )
     .await;
     let url = d.url(&format!("/v2/library/app/blobs/{digest}"));
-    assert_eq!(
-        &client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()[..],
-        &data[..]
-    );
+    assert_eq!(fetch(url.clone(), None).await.unwrap(), data);
     let path = d
         .dir
         .join("blobs/sha256")
@@ -61,17 +52,7 @@ async fn the_background_scrub_finds_a_flipped_bit_and_evicts_the_object() {
     );
     assert!(d.metric("tender_scrub_objects_total{result=\"corrupt\"}") >= 1.0);
     // The next pull fetches a good copy again.
-    assert_eq!(
-        &client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()[..],
-        &data[..]
-    );
+    assert_eq!(fetch(url.clone(), None).await.unwrap(), data);
     assert_eq!(fake.blob_gets(), 2);
 }
 

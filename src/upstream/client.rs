@@ -135,21 +135,7 @@ impl UpstreamClient {
                 )
                 .await?;
             if resp.status() == StatusCode::UNAUTHORIZED {
-                let auth = match first_challenge(&resp) {
-                    Some(Challenge::Bearer { realm, service, .. }) => Some(
-                        self.auth
-                            .fetch_token(
-                                &self.token_origin(),
-                                &realm,
-                                service.as_deref(),
-                                &scope,
-                                None,
-                            )
-                            .await?,
-                    ),
-                    Some(Challenge::Basic) => self.auth.use_basic(),
-                    None => None,
-                };
+                let auth = self.answer(&resp, &scope, None).await?;
                 if auth.is_some() {
                     resp = self.send_once(method, &url, headers, auth).await?;
                 }
@@ -257,25 +243,11 @@ impl UpstreamClient {
             .send_once(Method::HEAD, &url, HeaderMap::new(), first)
             .await?;
         if resp.status() == StatusCode::UNAUTHORIZED && is_basic {
-            let auth = match first_challenge(&resp) {
-                Some(Challenge::Bearer { realm, service, .. }) => {
-                    self.auth
-                        .fetch_token(
-                            &self.token_origin(),
-                            &realm,
-                            service.as_deref(),
-                            &scope,
-                            Some(client_auth),
-                        )
-                        .await?
-                }
-                Some(Challenge::Basic) => client_auth.clone(),
-                None => {
-                    return Err(AttemptError::Status {
-                        status: 401,
-                        retry_after: None,
-                    })
-                }
+            let Some(auth) = self.answer(&resp, &scope, Some(client_auth)).await? else {
+                return Err(AttemptError::Status {
+                    status: 401,
+                    retry_after: None,
+                });
             };
             resp = self
                 .send_once(Method::HEAD, &url, HeaderMap::new(), Some(auth))
@@ -289,6 +261,36 @@ impl UpstreamClient {
                 retry_after: None,
             })
         }
+    }
+
+    /// The `Authorization` that answers a 401's challenge for `scope`: a
+    /// Bearer token from the realm (ours, or with a client's Basic
+    /// credentials), or Basic credentials (ours, or the client's). `None`
+    /// when there is no challenge tender can answer.
+    async fn answer(
+        &self,
+        resp: &reqwest::Response,
+        scope: &str,
+        client_auth: Option<&HeaderValue>,
+    ) -> Result<Option<HeaderValue>, AttemptError> {
+        Ok(match first_challenge(resp) {
+            Some(Challenge::Bearer { realm, service, .. }) => Some(
+                self.auth
+                    .fetch_token(
+                        &self.token_origin(),
+                        &realm,
+                        service.as_deref(),
+                        scope,
+                        client_auth,
+                    )
+                    .await?,
+            ),
+            Some(Challenge::Basic) => match client_auth {
+                Some(c) => Some(c.clone()),
+                None => self.auth.use_basic(),
+            },
+            None => None,
+        })
     }
 
     fn token_origin(&self) -> TokenOrigin<'_> {

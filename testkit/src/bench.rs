@@ -4,6 +4,18 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A one-worker runtime (the benches keep the other core for tender) and a
+/// fake registry running on it.
+pub fn fake_upstream() -> (tokio::runtime::Runtime, crate::fake::Fake) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let fake = rt.block_on(crate::fake::Fake::start());
+    (rt, fake)
+}
+
 /// Parsed `wrk --latency` output.
 #[derive(Debug, Default)]
 pub struct WrkResult {

@@ -146,11 +146,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         }
     }
 
-    fn registry_args(cmd: &mut Command, hosts_dir: &Path, plain_http: bool) {
-        cmd.arg("--hosts-dir").arg(hosts_dir);
+    /// `ctr ARGS --hosts-dir DIR [--plain-http] REFERENCE`, timed.
+    fn run_pull(
+        &self,
+        args: &[&str],
+        hosts_dir: &Path,
+        reference: &str,
+        plain_http: bool,
+    ) -> Result<Duration, String> {
+        let mut cmd = self.ctr();
+        cmd.args(args).arg("--hosts-dir").arg(hosts_dir);
         if plain_http {
             cmd.arg("--plain-http");
         }
+        cmd.arg(reference);
+        self.run_timed(cmd)
     }
 
     /// Full pull incl. unpack into `self.snapshotter`. Returns the wall time of the `ctr` command.
@@ -160,11 +170,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         reference: &str,
         plain_http: bool,
     ) -> Result<Duration, String> {
-        let mut cmd = self.ctr();
-        cmd.args(["image", "pull", "--snapshotter", &self.snapshotter]);
-        Self::registry_args(&mut cmd, hosts_dir, plain_http);
-        cmd.arg(reference);
-        self.run_timed(cmd)
+        let args = ["image", "pull", "--snapshotter", &self.snapshotter];
+        self.run_pull(&args, hosts_dir, reference, plain_http)
     }
 
     /// `ctr content fetch` (fetch all blobs, no unpack, no image record).
@@ -174,11 +181,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         reference: &str,
         plain_http: bool,
     ) -> Result<Duration, String> {
-        let mut cmd = self.ctr();
-        cmd.args(["content", "fetch"]);
-        Self::registry_args(&mut cmd, hosts_dir, plain_http);
-        cmd.arg(reference);
-        self.run_timed(cmd)
+        self.run_pull(&["content", "fetch"], hosts_dir, reference, plain_http)
     }
 
     fn ctr_stdout(&self, args: &[&str]) -> String {

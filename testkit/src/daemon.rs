@@ -43,9 +43,16 @@ impl Daemon {
 
     /// tender serving docker.io (the default registry) from `upstreams`, in order.
     pub async fn over(upstreams: &[&crate::fake::Fake]) -> Daemon {
-        let urls: Vec<String> = upstreams.iter().map(|f| f.url()).collect();
-        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-        Daemon::start(&crate::fake::registry_toml("docker.io", true, &urls), "").await
+        Daemon::start(&docker_io(upstreams), "").await
+    }
+
+    /// [`Daemon::over`] with its cache in `dir` and `extra` config lines.
+    pub async fn over_in(
+        dir: std::path::PathBuf,
+        upstreams: &[&crate::fake::Fake],
+        extra: &str,
+    ) -> Daemon {
+        Daemon::start_in(dir, &docker_io(upstreams), extra).await
     }
 
     pub fn api(&self) -> &Arc<Api> {
@@ -54,6 +61,16 @@ impl Daemon {
 
     pub fn cache(&self) -> &Arc<Cache> {
         self.api().cache()
+    }
+
+    /// Whether the store holds blob `digest` (`sha256:...`) now.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let d = digest.parse().expect("a digest");
+        self.cache()
+            .store()
+            .blob_size(&d)
+            .expect("the store answers")
+            .is_some()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -90,6 +107,12 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn docker_io(upstreams: &[&crate::fake::Fake]) -> String {
+    let urls: Vec<String> = upstreams.iter().map(|f| f.url()).collect();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    crate::fake::registry_toml("docker.io", true, &urls)
 }
 
 /// A 2-worker runtime for synchronous tests that run an in-process fake.

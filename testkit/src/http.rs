@@ -26,6 +26,23 @@ pub fn client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// The whole body of a 2xx answer to `GET url` (with `Range: range`, if
+/// given); any other status, or a body that breaks, is an error.
+pub async fn fetch(url: String, range: Option<String>) -> Result<Vec<u8>, String> {
+    let mut req = client().get(url);
+    if let Some(r) = range {
+        req = req.header("range", r);
+    }
+    let r = req.send().await.map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("status {}", r.status()));
+    }
+    r.bytes()
+        .await
+        .map(|b| b.to_vec())
+        .map_err(|e| e.to_string())
+}
+
 fn blocking_client() -> &'static reqwest::blocking::Client {
     static CLIENT: OnceLock<reqwest::blocking::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {

@@ -13,14 +13,9 @@ fn a_containerd_1_7_node_set_up_by_tender_passes_every_check() {
     );
     assert_eq!(exit_code(&findings), 0);
     let f = finding(&findings, "config_path = \"/etc/containerd/certs.d\"");
-    assert!(f.what.contains("io.containerd.grpc.v1.cri"), "{}", f.what);
+    says(f, "io.containerd.grpc.v1.cri");
     let f = finding(&findings, "docker.io:");
-    assert!(
-        f.what
-            .contains("falls back to https://registry-1.docker.io"),
-        "{}",
-        f.what
-    );
+    says(f, "falls back to https://registry-1.docker.io");
     finding(&findings, "tender answers GET http://127.0.0.1:5050/v2/");
 }
 
@@ -29,7 +24,7 @@ fn a_containerd_2_0_node_reads_config_path_from_the_images_plugin() {
     let findings = diagnose(&node(Some(CONTAINERD_2), Some(VERSION_2_0)));
     assert!(problems(&findings).is_empty(), "{}", render(&findings));
     let f = finding(&findings, "config_path = \"/etc/containerd/certs.d\"");
-    assert!(f.what.contains("io.containerd.cri.v1.images"), "{}", f.what);
+    says(f, "io.containerd.cri.v1.images");
     // 2.0 has no transfer-service CRI pulls: nothing said about it.
     assert!(!findings.iter().any(|f| f.what.contains("transfer service")));
 }
@@ -40,31 +35,13 @@ fn a_containerd_1_7_config_without_config_path_sends_every_pull_to_the_origins()
     let findings = diagnose(&node(Some(&config), Some(VERSION_1_7)));
     let f = finding(&findings, "config_path is not set");
     assert_eq!(f.level, Level::Problem);
-    assert!(
-        f.what.contains("containerd 1.7 reads no hosts.toml"),
-        "{}",
-        f.what
-    );
-    let fix = f.fix.as_deref().unwrap_or_default();
-    assert!(
-        fix.contains("[plugins.\"io.containerd.grpc.v1.cri\".registry]"),
-        "{fix}"
-    );
-    assert!(
-        fix.contains("config_path = \"/etc/containerd/certs.d\""),
-        "{fix}"
-    );
-    assert!(
-        fix.contains("tender containerd-hosts --mirror http://127.0.0.1:5050"),
-        "{fix}"
-    );
+    says(f, "containerd 1.7 reads no hosts.toml");
+    fix_says(f, "[plugins.\"io.containerd.grpc.v1.cri\".registry]");
+    fix_says(f, "config_path = \"/etc/containerd/certs.d\"");
+    fix_says(f, "tender containerd-hosts --mirror http://127.0.0.1:5050");
     // The hosts files are still judged, with a note that they are unused.
     let f = finding(&findings, "docker.io:");
-    assert!(
-        f.what.contains("does not read this directory yet"),
-        "{}",
-        f.what
-    );
+    says(f, "does not read this directory yet");
     assert_eq!(exit_code(&findings), 1);
 }
 
@@ -74,11 +51,7 @@ fn a_containerd_2_1_config_without_config_path_is_a_problem_too() {
     let findings = diagnose(&node(Some(&config), Some(VERSION_2_1)));
     let f = finding(&findings, "config_path is not set");
     assert_eq!(f.level, Level::Problem);
-    assert!(f
-        .fix
-        .as_deref()
-        .unwrap_or_default()
-        .contains("[plugins.\"io.containerd.cri.v1.images\".registry]"));
+    fix_says(f, "[plugins.\"io.containerd.cri.v1.images\".registry]");
 }
 
 #[test]
@@ -90,17 +63,8 @@ fn a_version_3_config_with_config_path_under_the_old_cri_table_is_ignored_by_con
     let findings = diagnose(&node(Some(config), Some(VERSION_2_0)));
     let f = finding(&findings, "registry settings are under");
     assert_eq!(f.level, Level::Problem);
-    assert!(
-        f.what
-            .contains("[plugins.\"io.containerd.grpc.v1.cri\".registry]"),
-        "{}",
-        f.what
-    );
-    assert!(f
-        .fix
-        .as_deref()
-        .unwrap_or_default()
-        .contains("[plugins.\"io.containerd.cri.v1.images\".registry]"));
+    says(f, "[plugins.\"io.containerd.grpc.v1.cri\".registry]");
+    fix_says(f, "[plugins.\"io.containerd.cri.v1.images\".registry]");
     assert!(!findings
         .iter()
         .any(|f| f.what.contains("config_path is not set")));
@@ -116,12 +80,7 @@ fn mirrors_together_with_config_path_stop_the_cri_plugin_from_loading() {
     let findings = diagnose(&node(Some(&config), Some(VERSION_1_7)));
     let f = finding(&findings, "both registry.mirrors and config_path");
     assert_eq!(f.level, Level::Problem);
-    assert!(
-        f.what
-            .contains("cannot be set when `config_path` is provided"),
-        "{}",
-        f.what
-    );
+    says(f, "cannot be set when `config_path` is provided");
 }
 
 #[test]
@@ -135,11 +94,7 @@ fn mirrors_without_config_path_mean_hosts_files_are_never_read() {
     let findings = diagnose(&node(Some(config), Some(VERSION_1_7)));
     let f = finding(&findings, "registry.mirrors (deprecated)");
     assert_eq!(f.level, Level::Problem);
-    assert!(
-        f.what.contains("does not send quay.io to tender"),
-        "{}",
-        f.what
-    );
+    says(f, "does not send quay.io to tender");
     assert!(!f.what.contains("docker.io"), "{}", f.what);
     // No separate "config_path is not set" line: the mirrors finding covers it.
     assert!(!findings
@@ -170,7 +125,7 @@ fn discard_unpacked_layers_is_reported_without_blaming_the_mirror() {
     let findings = diagnose(&node(Some(&config), Some(VERSION_1_7)));
     let f = finding(&findings, "discard_unpacked_layers = true");
     assert_eq!(f.level, Level::Ok);
-    assert!(f.what.contains("still go through hosts.toml"), "{}", f.what);
+    says(f, "still go through hosts.toml");
     assert!(
         !f.what.contains("transfer service"),
         "1.7 has none: {}",
@@ -188,13 +143,9 @@ fn containerd_2_1_transfer_service_ignores_a_multi_directory_config_path() {
     let findings = diagnose(&node(Some(&config), Some(VERSION_2_1)));
     let f = finding(&findings, "transfer service");
     assert_eq!(f.level, Level::Problem);
-    assert!(f.what.contains("as ONE directory"), "{}", f.what);
-    let fix = f.fix.as_deref().unwrap_or_default();
-    assert!(
-        fix.contains("config_path = \"/etc/containerd/certs.d\""),
-        "{fix}"
-    );
-    assert!(fix.contains("use_local_image_pull = true"), "{fix}");
+    says(f, "as ONE directory");
+    fix_says(f, "config_path = \"/etc/containerd/certs.d\"");
+    fix_says(f, "use_local_image_pull = true");
     // The local resolver would have found the files: those lines are fine.
     assert_eq!(finding(&findings, "docker.io:").level, Level::Ok);
 }
@@ -205,7 +156,7 @@ fn containerd_2_2_built_in_default_config_path_trips_the_transfer_service_too() 
     let findings = diagnose(&node(Some(&config), Some(VERSION_2_2)));
     let f = finding(&findings, "config_path is not set");
     assert_eq!(f.level, Level::Warn);
-    assert!(f.what.contains(DEFAULT_CONFIG_PATH_2_2), "{}", f.what);
+    says(f, DEFAULT_CONFIG_PATH_2_2);
     assert_eq!(finding(&findings, "transfer service").level, Level::Problem);
 }
 
@@ -214,7 +165,7 @@ fn containerd_2_1_transfer_service_honours_a_single_config_path() {
     let findings = diagnose(&node(Some(CONTAINERD_2), Some(VERSION_2_1)));
     let f = finding(&findings, "transfer service");
     assert_eq!(f.level, Level::Ok);
-    assert!(f.what.contains("hosts.toml applies"), "{}", f.what);
+    says(f, "hosts.toml applies");
     assert_eq!(exit_code(&findings), 0);
 }
 
@@ -232,7 +183,7 @@ fn use_local_image_pull_avoids_the_transfer_service_directory_bug() {
     let findings = diagnose(&node(Some(&config), Some(VERSION_2_1)));
     let f = finding(&findings, "local resolver");
     assert_eq!(f.level, Level::Ok);
-    assert!(f.what.contains("use_local_image_pull = true"), "{}", f.what);
+    says(f, "use_local_image_pull = true");
     assert_eq!(exit_code(&findings), 0, "{}", render(&findings));
 }
 
@@ -249,11 +200,7 @@ fn discard_unpacked_layers_makes_containerd_2_1_fall_back_to_local_pull() {
         );
     let findings = diagnose(&node(Some(&config), Some(VERSION_2_1)));
     let f = finding(&findings, "discard_unpacked_layers = true:");
-    assert!(
-        f.what.contains("turns off the transfer service"),
-        "{}",
-        f.what
-    );
+    says(f, "turns off the transfer service");
     assert!(finding(&findings, "local resolver")
         .what
         .contains("discard_unpacked_layers = true"));
@@ -286,11 +233,7 @@ fn a_missing_containerd_config_on_1_7_means_no_hosts_dir_at_all() {
     );
     let f = finding(&findings, "config_path is not set");
     assert_eq!(f.level, Level::Problem);
-    assert!(f
-        .fix
-        .as_deref()
-        .unwrap_or_default()
-        .contains("[plugins.\"io.containerd.grpc.v1.cri\".registry]"));
+    fix_says(f, "[plugins.\"io.containerd.grpc.v1.cri\".registry]");
 }
 
 #[test]

@@ -14,17 +14,8 @@ fn a_hosts_file_pointing_at_another_mirror_is_a_problem() {
     let findings = diagnose(&inputs);
     let f = finding(&findings, "docker.io:");
     assert_eq!(f.level, Level::Problem);
-    assert!(
-        f.what
-            .contains("sends pulls to https://mirror.gcr.io, not to tender"),
-        "{}",
-        f.what
-    );
-    assert!(f
-        .fix
-        .as_deref()
-        .unwrap_or_default()
-        .contains("tender containerd-hosts --mirror http://127.0.0.1:5050 --dir /etc/containerd/certs.d --registry docker.io"));
+    says(f, "sends pulls to https://mirror.gcr.io, not to tender");
+    fix_says(f, "tender containerd-hosts --mirror http://127.0.0.1:5050 --dir /etc/containerd/certs.d --registry docker.io");
 }
 
 #[test]
@@ -34,7 +25,7 @@ fn a_missing_hosts_file_comes_with_the_command_that_writes_it() {
     let findings = diagnose(&inputs);
     let f = finding(&findings, "quay.io:");
     assert_eq!(f.level, Level::Problem);
-    assert!(f.what.contains("quay.io/, _default/"), "{}", f.what);
+    says(f, "quay.io/, _default/");
     assert_eq!(
         f.fix.as_deref(),
         Some("tender containerd-hosts --mirror http://127.0.0.1:5050 --dir /etc/containerd/certs.d --registry quay.io")
@@ -53,7 +44,7 @@ fn a_registry_directory_without_hosts_toml_only_holds_certificates() {
         .find(|f| f.what.starts_with("quay.io:"));
     let f = f.unwrap_or_else(|| panic!("no quay.io finding"));
     assert_eq!(f.level, Level::Problem);
-    assert!(f.what.contains("has no hosts.toml"), "{}", f.what);
+    says(&f, "has no hosts.toml");
 }
 
 #[test]
@@ -65,7 +56,7 @@ fn a_malformed_hosts_file_is_ignored_by_containerd() {
     );
     let f = finding(&diagnose(&inputs), "docker.io:").clone();
     assert_eq!(f.level, Level::Problem);
-    assert!(f.what.contains("not valid TOML"), "{}", f.what);
+    says(&f, "not valid TOML");
 }
 
 #[test]
@@ -77,11 +68,7 @@ fn an_unknown_capability_makes_containerd_reject_the_whole_file() {
     );
     let f = finding(&diagnose(&inputs), "docker.io:").clone();
     assert_eq!(f.level, Level::Problem);
-    assert!(
-        f.what.contains("unknown capability \"fetch\""),
-        "{}",
-        f.what
-    );
+    says(&f, "unknown capability \"fetch\"");
 }
 
 #[test]
@@ -96,12 +83,7 @@ fn trailing_slashes_a_v2_suffix_and_missing_server_still_reach_tender() {
     let f = finding(&findings, "docker.io:");
     assert_eq!(f.level, Level::Ok, "{}", render(&findings));
     // Without `server` containerd falls back to the registry's origin.
-    assert!(
-        f.what
-            .contains("falls back to https://registry-1.docker.io"),
-        "{}",
-        f.what
-    );
+    says(f, "falls back to https://registry-1.docker.io");
 }
 
 #[test]
@@ -114,11 +96,9 @@ fn tender_listed_after_another_mirror_is_a_warning() {
     );
     let f = finding(&diagnose(&inputs), "quay.io:").clone();
     assert_eq!(f.level, Level::Warn);
-    assert!(
-        f.what
-            .contains("containerd tries https://quay-mirror.corp.example first"),
-        "{}",
-        f.what
+    says(
+        &f,
+        "containerd tries https://quay-mirror.corp.example first",
     );
 }
 
@@ -143,7 +123,7 @@ fn tender_without_pull_is_a_problem_and_without_resolve_a_warning() {
     let findings = diagnose(&inputs);
     let f = finding(&findings, "quay.io:");
     assert_eq!(f.level, Level::Warn);
-    assert!(f.what.contains("without \"resolve\""), "{}", f.what);
+    says(f, "without \"resolve\"");
 }
 
 #[test]
@@ -160,16 +140,8 @@ fn the_default_hosts_file_covers_registries_without_their_own_directory() {
     let findings = diagnose(&inputs);
     let f = finding(&findings, "quay.io:");
     assert_eq!(f.level, Level::Ok, "{}", render(&findings));
-    assert!(
-        f.what.contains("_default/hosts.toml (via _default)"),
-        "{}",
-        f.what
-    );
-    assert!(
-        f.what.contains("falls back to https://quay.io"),
-        "{}",
-        f.what
-    );
+    says(f, "_default/hosts.toml (via _default)");
+    says(f, "falls back to https://quay.io");
 }
 
 #[test]
@@ -181,7 +153,7 @@ fn a_server_in_the_default_hosts_file_sends_other_registries_to_the_wrong_origin
         .push(dir(CERTS_D, "_default", tender_hosts("docker.io")));
     let f = finding(&diagnose(&inputs), "quay.io:").clone();
     assert_eq!(f.level, Level::Problem);
-    assert!(f.what.contains("applies to every registry"), "{}", f.what);
+    says(&f, "applies to every registry");
 }
 
 #[test]
@@ -194,7 +166,7 @@ fn a_registry_with_a_port_uses_containerds_underscore_directory_first() {
     ];
     let f = finding(&diagnose(&inputs), "localhost:5000:").clone();
     assert_eq!(f.level, Level::Problem);
-    assert!(f.what.contains("localhost_5000_/"), "{}", f.what);
+    says(&f, "localhost_5000_/");
     assert!(
         f.fix.as_deref().unwrap_or_default().contains("before"),
         "{:?}",
@@ -216,11 +188,7 @@ fn directories_are_searched_root_by_root_in_config_path_order() {
     let findings = diagnose(&inputs);
     let f = finding(&findings, "docker.io:");
     assert_eq!(f.level, Level::Problem);
-    assert!(
-        f.what.contains("/etc/docker/certs.d/_default/"),
-        "{}",
-        f.what
-    );
+    says(f, "/etc/docker/certs.d/_default/");
 }
 
 #[test]

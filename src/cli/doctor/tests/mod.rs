@@ -111,6 +111,17 @@ fn finding<'a>(findings: &'a [Finding], needle: &str) -> &'a Finding {
         .unwrap_or_else(|| panic!("no finding mentions {needle:?} in:\n{}", render(findings)))
 }
 
+/// Asserts that a finding's text mentions `needle`.
+fn says(f: &Finding, needle: &str) {
+    assert!(f.what.contains(needle), "{needle:?} not in {:?}", f.what);
+}
+
+/// Asserts that a finding's fix mentions `needle`.
+fn fix_says(f: &Finding, needle: &str) {
+    let fix = f.fix.as_deref().unwrap_or_default();
+    assert!(fix.contains(needle), "{needle:?} not in the fix {fix:?}");
+}
+
 fn problems(findings: &[Finding]) -> Vec<&Finding> {
     findings
         .iter()
