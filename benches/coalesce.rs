@@ -1,4 +1,4 @@
-//! N = 1, 8, 32 concurrent clients on one uncached 64 MiB blob from an
+//! N = 1, 8, 16, 32 concurrent clients on one uncached 64 MiB blob from an
 //! upstream paced to ~1 Gbit/s: upstream GETs (must be 1) and total time
 //! against one client's time (target: within 1.3x).
 //!
@@ -31,7 +31,7 @@ fn main() {
             ..Fault::default()
         });
         let mut base = None;
-        for n in [1usize, 8, 32] {
+        for n in [1usize, 8, 16, 32] {
             let tmp = testkit::process::TempDir::new("tender-bench-coalesce");
             let toml = registry_toml("docker.io", true, &[&fake.url()]);
             let t =
