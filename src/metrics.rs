@@ -22,6 +22,8 @@ pub struct Metrics {
     pub stale_served: IntCounter,
     pub integrity_failures: IntCounter,
     pub passthrough: IntCounterVec,
+    /// Stored objects found unreadable or corrupt and evicted, by where (read|scrub).
+    pub bad_objects: IntCounterVec,
     /// Scrub: objects re-hashed, by result (ok|corrupt), and bytes read.
     pub scrub_objects: IntCounterVec,
     pub scrub_bytes: IntCounter,
@@ -64,6 +66,11 @@ impl Metrics {
             "tender_scrub_objects_total",
             "Stored objects re-hashed by the background scrub, by result (ok|corrupt).",
             &["result"],
+        );
+        let bad_objects = counter_vec(
+            "tender_cache_bad_objects_total",
+            "Stored objects found unreadable or not matching their digest, evicted so that the next request fetches them again; by where they were found (read|scrub).",
+            &["found"],
         );
         let passthrough = counter_vec(
             "tender_passthrough_total",
@@ -116,6 +123,7 @@ impl Metrics {
             upstream_latency,
             bytes_served,
             passthrough,
+            bad_objects,
             upstream_circuit_open,
             scrub_objects,
             scrub_bytes: counter(

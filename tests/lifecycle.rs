@@ -91,6 +91,34 @@ fn sigterm_lets_an_in_flight_blob_finish_then_exits() {
 }
 
 #[test]
+fn sigterm_does_not_wait_for_a_scrub_pass_over_a_large_object() {
+    // A 64 MiB object scrubbed at 1 MiB/s: a pass takes a minute.
+    let tmp = testkit::process::TempDir::new("tender-term-scrub");
+    let cache = tmp.subdir("t/cache");
+    let data = random_bytes(64 << 20, 10);
+    let digest = fake::digest_of(&data);
+    let dir = cache.join("blobs/sha256").join(&digest[7..9]);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&digest[7..]), &data).unwrap();
+    let mut t = TenderProcess::start(
+        &tmp.subdir("t"),
+        &registry_toml("docker.io", true, &["http://127.0.0.1:9"]),
+        "scrub_interval = \"100ms\"\nscrub_rate = \"1MiB\"",
+    );
+    assert!(
+        testkit::process::wait_until(Duration::from_secs(20), || {
+            t.metric("tender_scrub_bytes_total") > 0.0
+        }),
+        "the scrub began"
+    );
+    let asked = Instant::now();
+    t.signal("TERM");
+    assert_eq!(t.wait_exit(), Some(0));
+    // Stopping is checked per chunk, not per object: not a minute.
+    assert!(asked.elapsed() < Duration::from_secs(15), "{:?}", asked.elapsed());
+}
+
+#[test]
 fn json_logs_are_one_object_per_line() {
     let rt = runtime();
     let fake = rt.block_on(Fake::start());

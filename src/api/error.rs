@@ -21,6 +21,8 @@ pub enum ApiError {
     Unsupported(&'static str),
     #[error("method not allowed: this mirror is read-only")]
     MethodNotAllowed,
+    #[error("the referrers API is not offered by this mirror")]
+    NoReferrers,
     #[error("the manifest has media type {0}, which the request's Accept header does not allow")]
     NotAcceptable(String),
     #[error("{0}")]
@@ -43,6 +45,7 @@ impl ApiError {
                 (S::METHOD_NOT_ALLOWED, C::Unsupported)
             }
             ApiError::NotAcceptable(_) => (S::NOT_FOUND, C::ManifestUnknown),
+            ApiError::NoReferrers => (S::NOT_FOUND, C::NotFound),
             ApiError::Range(RangeError::Malformed(_)) => (S::BAD_REQUEST, C::RangeInvalid),
             ApiError::Range(RangeError::Unsatisfiable { .. }) => {
                 (S::RANGE_NOT_SATISFIABLE, C::RangeInvalid)
@@ -53,6 +56,7 @@ impl ApiError {
                 }
                 CacheError::BlobUnknown => (S::NOT_FOUND, C::BlobUnknown),
                 CacheError::ManifestUnknown => (S::NOT_FOUND, C::ManifestUnknown),
+                CacheError::Unauthorized => (S::UNAUTHORIZED, C::Unauthorized),
                 CacheError::Upstream(UpstreamError::NotFound) => (S::NOT_FOUND, C::NameUnknown),
                 CacheError::Upstream(UpstreamError::Denied(_)) => (S::FORBIDDEN, C::Denied),
                 CacheError::Upstream(
@@ -75,13 +79,16 @@ impl ApiError {
         let (status, code) = self.parts();
         let detail = match self {
             ApiError::Cache(CacheError::UnknownNamespace(ns)) => serde_json::json!({ "ns": ns }),
-            ApiError::Cache(CacheError::Upstream(e)) => {
-                serde_json::json!({ "upstream": e.to_string() })
-            }
             _ => serde_json::Value::Null,
         };
+        // An upstream failure's details (upstream URLs, redirect targets
+        // that may be presigned) go to the log, not to the client.
+        let message = match self {
+            ApiError::Cache(CacheError::Upstream(e)) => e.client_message().to_string(),
+            e => e.to_string(),
+        };
         let body = serde_json::json!({
-            "errors": [{ "code": code.as_str(), "message": self.to_string(), "detail": detail }]
+            "errors": [{ "code": code.as_str(), "message": message, "detail": detail }]
         });
         let mut resp = Response::new(ResponseBody::full(body.to_string()));
         *resp.status_mut() = status;
@@ -95,6 +102,14 @@ impl ApiError {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
                 h.insert(CONTENT_RANGE, v);
             }
+        }
+        if matches!(self, ApiError::Cache(CacheError::Unauthorized)) {
+            // containerd and Docker send a host credentials only after it
+            // challenges them: the pod's pull-secret credentials come next.
+            h.insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"tender\", charset=\"UTF-8\""),
+            );
         }
         if matches!(self, ApiError::Unsupported(_) | ApiError::MethodNotAllowed) {
             h.insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));

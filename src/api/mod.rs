@@ -132,6 +132,7 @@ impl Api {
                 })
             }
             Route::Unsupported { what } => return Err(ApiError::Unsupported(what)),
+            Route::Referrers => return Err(ApiError::NoReferrers),
             Route::Manifest { name, .. } => (name, "manifest"),
             Route::Blob { name, .. } => (name, "blob"),
             Route::TagsList { name } => (name, "tags"),
@@ -165,7 +166,10 @@ impl Api {
             }
             Route::TagsList { name } => {
                 let query = query::tags_pagination(req.uri().query());
-                let body = self.cache.tags_list(&ups, &name, &query).await?;
+                let body = self
+                    .cache
+                    .tags_list(&ups, &name, &query, credentials)
+                    .await?;
                 info.result = Outcome::Miss.as_str();
                 Ok(json_response(body, head))
             }

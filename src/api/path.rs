@@ -19,7 +19,10 @@ pub enum Route {
     TagsList {
         name: String,
     },
-    /// Upload endpoints, `_catalog`, referrers: not offered by a pull-through cache.
+    /// `/v2/<name>/referrers/<digest>`: not offered; answered 404, on which
+    /// the spec's clients fall back to the referrers tag schema.
+    Referrers,
+    /// Upload endpoints and `_catalog`: not offered by a pull-through cache.
     Unsupported {
         what: &'static str,
     },
@@ -92,7 +95,7 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
                 digest: parse_digest(last)?,
             })
         }
-        "referrers" => Ok(Route::Unsupported { what: "referrers" }),
+        "referrers" => Ok(Route::Referrers),
         _ => Err(PathError::NotFound),
     }
 }

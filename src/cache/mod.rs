@@ -78,6 +78,10 @@ pub enum CacheError {
     BlobUnknown,
     #[error("manifest unknown")]
     ManifestUnknown,
+    /// The registry does not confirm that this client may read it
+    /// (`verify_client_credentials`): it must authenticate.
+    #[error("authentication required: the registry does not confirm that these credentials (or an anonymous client) may read this")]
+    Unauthorized,
     #[error("{0}")]
     Upstream(UpstreamError),
     #[error("{0}")]
@@ -262,7 +266,11 @@ impl Cache {
         ups: &Arc<Upstreams>,
         repo: &str,
         query: &str,
+        credentials: Option<&HeaderValue>,
     ) -> Result<Bytes, CacheError> {
+        self.access
+            .check(ups, repo, "tags/list", credentials)
+            .await?;
         ups.tags_list(repo, query)
             .await
             .map_err(CacheError::Upstream)

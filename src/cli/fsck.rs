@@ -14,9 +14,9 @@ pub fn run(dir: &Path) -> Result<i32, CliError> {
         )));
     }
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    // Shared: a running tender's fills own the temp files.
-    let store =
-        Store::open_shared(dir, u64::MAX, metrics).map_err(|e| CliError::Failed(e.to_string()))?;
+    // Refused while a tender serves this cache: it could re-commit an object
+    // between our read and our removal, or evict one we are reading.
+    let store = Store::open(dir, u64::MAX, metrics).map_err(|e| CliError::Failed(e.to_string()))?;
     let tally = store
         .fsck(|kind, d, why| println!("BAD {} {d}: {why}; removed", kind.name()))
         .map_err(|e| CliError::Failed(e.to_string()))?;

@@ -9,12 +9,7 @@ use std::path::{Path, PathBuf};
 const MARK: &str = "# Written by `tender containerd-hosts`";
 
 /// The origin containerd falls back to when tender cannot answer.
-pub fn origin_for(host: &str) -> String {
-    match host {
-        "docker.io" => "https://registry-1.docker.io".to_string(),
-        h => format!("https://{h}"),
-    }
-}
+pub use crate::oci::name::origin_url as origin_for;
 
 pub fn hosts_toml(host: &str, mirror: &str) -> String {
     format!(

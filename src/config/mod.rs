@@ -89,9 +89,10 @@ pub struct Registry {
     pub host: String,
     /// Serves requests that carry no `ns` (Docker's `registry-mirrors`).
     pub default: bool,
-    /// When a client presents credentials, check upstream with them that it
-    /// may read the content before serving it from the cache (KEP-2535
-    /// AlwaysVerify). Clients without credentials get the node's trust.
+    /// Check every client with an upstream before it gets cached content
+    /// (KEP-2535 AlwaysVerify): with its credentials if it sends some,
+    /// anonymously if not. One the upstream refuses gets a 401 challenge, on
+    /// which containerd retries with the pod's pull-secret credentials.
     pub verify_client_credentials: bool,
     pub upstreams: Vec<Upstream>,
 }
@@ -107,6 +108,10 @@ pub struct Upstream {
     pub ca_file: Option<PathBuf>,
     /// File holding `username:password` for this upstream (a mounted Secret).
     pub credentials_file: Option<PathBuf>,
+    /// Whether a client's own credentials may be sent here to check them
+    /// (`verify_client_credentials`). Default: only to the registry's origin,
+    /// the party that issued them.
+    pub forward_client_credentials: bool,
 }
 
 /// One thing wrong with a config, at the key it concerns

@@ -57,4 +57,5 @@ pub struct RawUpstream {
     pub proxy: Option<String>,
     pub ca_file: Option<String>,
     pub credentials_file: Option<String>,
+    pub forward_client_credentials: Option<bool>,
 }

@@ -10,7 +10,7 @@ use super::units::{parse_duration, parse_free_space, parse_size};
 use super::{
     BreakerPolicy, Config, FreeSpace, Prefetch, Problem, Registry, Timeouts, TlsFiles, Upstream,
 };
-use crate::oci::name::{valid_registry_host, valid_repository};
+use crate::oci::name::{origin_url, valid_registry_host, valid_repository};
 use crate::oci::ImageRef;
 
 #[derive(Default)]
@@ -236,12 +236,26 @@ fn registries(raw: Vec<super::raw::RawRegistry>, problems: &mut Problems) -> Vec
                 format!("{host:?} needs at least one [[registry.upstream]]"),
             );
         }
-        let upstreams = r
+        let upstreams: Vec<Upstream> = r
             .upstream
             .into_iter()
             .enumerate()
-            .map(|(j, u)| upstream(&format!("{key}.upstream[{j}]"), u, problems))
+            .map(|(j, u)| upstream(&format!("{key}.upstream[{j}]"), &host, u, problems))
             .collect();
+        if r.verify_client_credentials
+            && !upstreams.is_empty()
+            && !upstreams.iter().any(|u| u.forward_client_credentials)
+        {
+            problems.push(
+                format!("{key}.verify_client_credentials"),
+                format!(
+                    "no upstream of {host:?} may receive client credentials to check them: \
+                     the origin ({}) is not among them; set forward_client_credentials = true \
+                     on an upstream that accepts the same credentials",
+                    origin_url(&host)
+                ),
+            );
+        }
         registries.push(Registry {
             host,
             default: r.default,
@@ -261,7 +275,7 @@ fn registries(raw: Vec<super::raw::RawRegistry>, problems: &mut Problems) -> Vec
     registries
 }
 
-fn upstream(key: &str, u: RawUpstream, problems: &mut Problems) -> Upstream {
+fn upstream(key: &str, registry: &str, u: RawUpstream, problems: &mut Problems) -> Upstream {
     let url = u.url.trim().trim_end_matches('/').to_string();
     let ukey = format!("{key}.url");
     match reqwest::Url::parse(&url) {
@@ -314,13 +328,21 @@ fn upstream(key: &str, u: RawUpstream, problems: &mut Problems) -> Upstream {
             }
         }
     }
+    let is_origin = endpoint(&url).is_some_and(|e| Some(e) == endpoint(&origin_url(registry)));
     Upstream {
+        forward_client_credentials: u.forward_client_credentials.unwrap_or(is_origin),
         url,
         repository_prefix,
         proxy: u.proxy,
         ca_file: u.ca_file.map(PathBuf::from),
         credentials_file: u.credentials_file.map(PathBuf::from),
     }
+}
+
+/// `host:port` of a URL, the port made explicit.
+fn endpoint(url: &str) -> Option<(String, u16)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some((u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
 }
 
 fn prefetch(

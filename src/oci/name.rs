@@ -84,6 +84,15 @@ pub fn valid_registry_host(host: &str) -> bool {
         })
 }
 
+/// The origin of a registry: the URL its images come from when nothing is
+/// in between (Docker Hub's `docker.io` is served by `registry-1.docker.io`).
+pub fn origin_url(registry: &str) -> String {
+    match registry {
+        "docker.io" => "https://registry-1.docker.io".to_string(),
+        h => format!("https://{h}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,9 @@ type DirId = (Kind, u8);
 pub enum StoreError {
     #[error("cache I/O: {0}")]
     Io(#[from] io::Error),
+    /// Another process (a running tender, or `tender fsck`) has the store open.
+    #[error("{} is in use by another tender process (serving, or fsck); one at a time", path.display())]
+    InUse { path: PathBuf },
     #[error("stored object {} is corrupt: {why}", path.display())]
     Corrupt { path: PathBuf, why: String },
 }
@@ -98,6 +101,10 @@ impl Drop for TempFile {
 
 pub struct Store {
     root: PathBuf,
+    /// An exclusive lock on `<root>/lock` for as long as the store is open:
+    /// one process at a time (a second daemon, or fsck beside a running one,
+    /// would delete files the other still writes or has just committed).
+    _lock: nix::fcntl::Flock<File>,
     tmp: PathBuf,
     max_size: u64,
     /// Evictions go down to this (90%), so that they do not run on every commit.
@@ -117,27 +124,33 @@ fn usage(meta: &fs::Metadata) -> u64 {
 }
 
 impl Store {
-    /// Creates the layout under `root` and deletes leftover temp files. The
-    /// index starts empty; call [`Store::rebuild_index`] (in the background).
-    pub fn open(root: &Path, max_size: u64, metrics: Arc<Metrics>) -> io::Result<Store> {
-        let s = Store::open_shared(root, max_size, metrics)?;
-        for e in fs::read_dir(&s.tmp)? {
-            let _ = fs::remove_file(e?.path());
-        }
-        s.migrate_flat_tags();
-        Ok(s)
-    }
-
-    /// Opens the store without deleting temp files, for tools (fsck) that
-    /// may run beside a live daemon whose fills own them.
-    pub fn open_shared(root: &Path, max_size: u64, metrics: Arc<Metrics>) -> io::Result<Store> {
+    /// Opens the store under `root` for this process alone (see
+    /// [`StoreError::InUse`]), creates its layout and deletes leftover temp
+    /// files. The index starts empty; call [`Store::rebuild_index`] (in the
+    /// background).
+    pub fn open(root: &Path, max_size: u64, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
         for kind in Kind::ALL {
             fs::create_dir_all(root.join(kind.dir()).join("sha256"))?;
         }
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
+        let lock_path = root.join("lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| match errno {
+                nix::errno::Errno::EWOULDBLOCK => StoreError::InUse { path: root.to_path_buf() },
+                e => StoreError::Io(io::Error::from(e)),
+            })?;
+        for e in fs::read_dir(&tmp)? {
+            let _ = fs::remove_file(e?.path());
+        }
         let s = Store {
             root: root.to_path_buf(),
+            _lock: lock,
             tmp,
             max_size,
             low_water: max_size / 10 * 9,
@@ -147,11 +160,9 @@ impl Store {
             indexed: AtomicBool::new(false),
             metrics,
         };
-        let fixed = s
-            .fixed_dirs()
-            .into_iter()
-            .filter_map(|d| fs::metadata(d).ok());
+        let fixed = s.fixed_dirs().into_iter().filter_map(|d| fs::metadata(d).ok());
         s.lock().set_fixed_dirs(fixed.map(|m| usage(&m)).sum());
+        s.migrate_flat_tags();
         Ok(s)
     }
 

@@ -20,6 +20,12 @@ impl Store {
     /// The scan holds no lock: requests go on marking objects used while it
     /// stats every file; only the merge at the end takes the index lock.
     pub fn rebuild_index(&self) -> io::Result<usize> {
+        self.rebuild_index_with(|| {})
+    }
+
+    /// [`Store::rebuild_index`], calling `each_dir` as it scans each fan-out
+    /// directory (tests look at the lock from there).
+    pub(super) fn rebuild_index_with(&self, mut each_dir: impl FnMut()) -> io::Result<usize> {
         self.lock().begin_scan();
         let mut found: Vec<(SystemTime, Key, u64)> = Vec::new();
         let mut dirs: Vec<(DirId, u64)> = Vec::new();
@@ -52,6 +58,7 @@ impl Store {
                 if let Ok(m) = sub.metadata() {
                     dirs.push(((kind, byte), usage(&m)));
                 }
+                each_dir();
                 let files = match fs::read_dir(sub.path()) {
                     Ok(f) => f,
                     Err(e) => {

@@ -123,6 +123,7 @@ impl Store {
                 .scrub_objects
                 .with_label_values(&["corrupt"])
                 .inc();
+            self.metrics.bad_objects.with_label_values(&["scrub"]).inc();
             tracing::error!(digest = %d, path = %path.display(), problem = %why,
                 "scrub: stored object is bad; removed (the next request fetches it again)");
             if let Err(e) = self.remove(kind, &d) {

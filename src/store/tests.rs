@@ -162,3 +162,40 @@ fn flat_tag_records_of_earlier_versions_are_moved_into_the_fan_out() {
     assert!(!dir.join("tags").join("abc.tmp").exists());
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_store_is_open_in_one_process_at_a_time() {
+    let dir = tempdir("lock");
+    let first = store(&dir, 10 << 20);
+    match Store::open(&dir, 10 << 20, Arc::new(Metrics::new())) {
+        Err(StoreError::InUse { .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a second open must be refused"),
+    }
+    drop(first);
+    assert!(Store::open(&dir, 10 << 20, Arc::new(Metrics::new())).is_ok());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_index_rebuild_scans_without_the_lock_the_hot_path_takes() {
+    let dir = tempdir("rebuild-lock");
+    {
+        let s = store(&dir, 1 << 30);
+        for i in 0..2000u32 {
+            put_blob(&s, &i.to_le_bytes());
+        }
+    }
+    let s = store(&dir, 1 << 30);
+    let mut scanned = 0;
+    let n = s
+        .rebuild_index_with(|| {
+            // What `mark_used` (every hit, on the async workers) would take.
+            assert!(s.index.try_lock().is_ok(), "the scan holds the index lock");
+            scanned += 1;
+        })
+        .unwrap();
+    assert_eq!(n, 2000);
+    assert!(scanned >= 200, "{scanned} directories");
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -10,9 +10,9 @@ use reqwest::{Method, StatusCode};
 
 use super::auth::{parse_challenge, Challenge};
 use super::body::error_chain;
-use super::guard::{host_is_internal, redirect_policy, GuardedResolver};
+use super::guard::{host_is_internal, proxy_hosts, redirect_policy, GuardedResolver};
 use super::health::Health;
-use super::token::{Auth, Credentials, TokenOrigin};
+use super::token::{Auth, Bearer, Credentials, TokenOrigin};
 use super::{AttemptError, UpstreamError};
 use crate::config::{self, BreakerPolicy, Timeouts};
 use crate::metrics::Metrics;
@@ -27,6 +27,8 @@ pub struct UpstreamClient {
     auth: Auth,
     pub timeouts: Timeouts,
     pub health: Health,
+    /// A client's credentials may be sent here to check them.
+    pub forwards_client_credentials: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -55,14 +57,10 @@ impl UpstreamClient {
         // Redirects (blob CDNs) are followed, but an upstream on the public
         // internet may not bounce tender to internal addresses.
         let upstream_internal = host_is_internal(&host);
-        let proxy_host = cfg
-            .proxy
-            .as_deref()
-            .and_then(|p| reqwest::Url::parse(p).ok())
-            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        let proxies = proxy_hosts(cfg.proxy.as_deref());
         let mut b = reqwest::Client::builder()
             .connect_timeout(timeouts.connect)
-            .dns_resolver(GuardedResolver::new(!upstream_internal, proxy_host))
+            .dns_resolver(GuardedResolver::new(!upstream_internal, proxies))
             .redirect(redirect_policy(upstream_internal))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
@@ -92,6 +90,7 @@ impl UpstreamClient {
             prefix: cfg.repository_prefix.clone(),
             http,
             auth: Auth::new(creds),
+            forwards_client_credentials: cfg.forward_client_credentials,
             timeouts,
             health: Health::new(
                 breaker,
@@ -135,7 +134,7 @@ impl UpstreamClient {
                 )
                 .await?;
             if resp.status() == StatusCode::UNAUTHORIZED {
-                let auth = self.answer(&resp, &scope, None).await?;
+                let auth = self.answer(&resp, &scope, Bearer::Node).await?;
                 if auth.is_some() {
                     resp = self.send_once(method, &url, headers, auth).await?;
                 }
@@ -221,37 +220,50 @@ impl UpstreamClient {
         out
     }
 
-    /// `HEAD /v2/<prefix/repo>/<suffix>` with a client's `Authorization`
-    /// instead of ours: a Bearer token is sent as is; Basic credentials are
-    /// sent to the registry, or exchanged for a token at its realm (never to
-    /// a realm outside the upstream's domain). Ok means the client may read it.
+    /// Whether a client may read `suffix` (`manifests/<ref>`, `blobs/<digest>`
+    /// or `tags/list`) in `repo`, asked of this upstream with the client's
+    /// `Authorization` instead of ours (`None`: as an anonymous client). A
+    /// Bearer token is sent as is; Basic credentials go to the registry, or
+    /// are exchanged for a token at its realm (never at a realm outside the
+    /// upstream's domain); an anonymous client gets an anonymous token. Ok
+    /// means it may.
     pub async fn check_client_access(
         &self,
         repo: &str,
         suffix: &str,
-        client_auth: &HeaderValue,
+        client_auth: Option<&HeaderValue>,
     ) -> Result<(), AttemptError> {
         let repo_path = self.repo_path(repo);
         let url = format!("{}/v2/{}/{}", self.url, repo_path, suffix);
         let scope = format!("repository:{repo_path}:pull");
-        let is_basic = client_auth
-            .as_bytes()
-            .get(..6)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"basic "));
-        let first = (!is_basic).then(|| client_auth.clone());
+        // Registries answer tags/list to GET only.
+        let method = if suffix.starts_with("tags/") {
+            Method::GET
+        } else {
+            Method::HEAD
+        };
+        let is_basic = client_auth.is_some_and(|a| {
+            a.as_bytes()
+                .get(..6)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"basic "))
+        });
+        let first = client_auth.filter(|_| !is_basic).cloned();
         let mut resp = self
-            .send_once(Method::HEAD, &url, HeaderMap::new(), first)
+            .send_once(method.clone(), &url, HeaderMap::new(), first)
             .await?;
-        if resp.status() == StatusCode::UNAUTHORIZED && is_basic {
-            let Some(auth) = self.answer(&resp, &scope, Some(client_auth)).await? else {
+        let retry = resp.status() == StatusCode::UNAUTHORIZED && (is_basic || client_auth.is_none());
+        if retry {
+            let who = match client_auth {
+                Some(a) => Bearer::Client(a),
+                None => Bearer::Anonymous,
+            };
+            let Some(auth) = self.answer(&resp, &scope, who).await? else {
                 return Err(AttemptError::Status {
                     status: 401,
                     retry_after: None,
                 });
             };
-            resp = self
-                .send_once(Method::HEAD, &url, HeaderMap::new(), Some(auth))
-                .await?;
+            resp = self.send_once(method, &url, HeaderMap::new(), Some(auth)).await?;
         }
         if resp.status().is_success() {
             Ok(())
@@ -263,31 +275,26 @@ impl UpstreamClient {
         }
     }
 
-    /// The `Authorization` that answers a 401's challenge for `scope`: a
-    /// Bearer token from the realm (ours, or with a client's Basic
-    /// credentials), or Basic credentials (ours, or the client's). `None`
-    /// when there is no challenge tender can answer.
+    /// The `Authorization` that answers a 401's challenge for `scope` on
+    /// behalf of `who`: a Bearer token from the realm, or Basic credentials
+    /// (ours, or the client's; an anonymous client has none). `None` when
+    /// there is no challenge that can be answered.
     async fn answer(
         &self,
         resp: &reqwest::Response,
         scope: &str,
-        client_auth: Option<&HeaderValue>,
+        who: Bearer<'_>,
     ) -> Result<Option<HeaderValue>, AttemptError> {
         Ok(match first_challenge(resp) {
             Some(Challenge::Bearer { realm, service, .. }) => Some(
                 self.auth
-                    .fetch_token(
-                        &self.token_origin(),
-                        &realm,
-                        service.as_deref(),
-                        scope,
-                        client_auth,
-                    )
+                    .fetch_token(&self.token_origin(), &realm, service.as_deref(), scope, who)
                     .await?,
             ),
-            Some(Challenge::Basic) => match client_auth {
-                Some(c) => Some(c.clone()),
-                None => self.auth.use_basic(),
+            Some(Challenge::Basic) => match who {
+                Bearer::Client(c) => Some(c.clone()),
+                Bearer::Node => self.auth.use_basic(),
+                Bearer::Anonymous => None,
             },
             None => None,
         })

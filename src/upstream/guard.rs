@@ -78,25 +78,54 @@ pub fn redirect_policy(upstream_internal: bool) -> reqwest::redirect::Policy {
 /// Name resolution that applies the rule to what names resolve to, so a
 /// hostname cannot smuggle tender to an internal address: link-local answers
 /// are always dropped, and for a public upstream so are internal ones (its
-/// configured egress proxy excepted).
+/// egress proxy excepted, configured or from the environment).
 pub struct GuardedResolver {
     pub public_upstream: bool,
-    pub proxy_host: Option<String>,
+    pub proxy_hosts: Vec<String>,
 }
 
 impl GuardedResolver {
-    pub fn new(public_upstream: bool, proxy_host: Option<String>) -> Arc<GuardedResolver> {
+    pub fn new(public_upstream: bool, proxy_hosts: Vec<String>) -> Arc<GuardedResolver> {
         Arc::new(GuardedResolver {
             public_upstream,
-            proxy_host,
+            proxy_hosts,
         })
     }
+}
+
+/// The hosts of the egress proxies an upstream's client may use: its
+/// configured `proxy`, else those of the environment (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY`, either case), which reqwest honours when no
+/// proxy is configured. An operator's proxy may be internal: it is trusted.
+pub fn proxy_hosts(configured: Option<&str>) -> Vec<String> {
+    let from_env = || {
+        ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .filter_map(|k| std::env::var(k).ok())
+            .collect::<Vec<_>>()
+    };
+    let urls = match configured {
+        Some(p) => vec![p.to_string()],
+        None => from_env(),
+    };
+    urls.iter()
+        .filter_map(|p| {
+            // A proxy may be given without a scheme (`squid:3128`).
+            let with_scheme = if p.contains("://") {
+                p.clone()
+            } else {
+                format!("http://{p}")
+            };
+            reqwest::Url::parse(&with_scheme).ok()
+        })
+        .filter_map(|u| u.host_str().map(str::to_ascii_lowercase))
+        .collect()
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_ascii_lowercase();
-        let strict = self.public_upstream && self.proxy_host.as_deref() != Some(host.as_str());
+        let strict = self.public_upstream && !self.proxy_hosts.iter().any(|p| *p == host);
         Box::pin(async move {
             let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
@@ -125,17 +154,17 @@ mod tests {
         use reqwest::dns::Resolve;
         use std::str::FromStr;
         let name = || reqwest::dns::Name::from_str("localhost").unwrap();
-        let public = GuardedResolver::new(true, None);
+        let public = GuardedResolver::new(true, vec![]);
         assert!(
             public.resolve(name()).await.is_err(),
             "localhost -> 127.0.0.1 must be refused"
         );
-        let via_proxy = GuardedResolver::new(true, Some("localhost".into()));
+        let via_proxy = GuardedResolver::new(true, vec!["localhost".into()]);
         assert!(
             via_proxy.resolve(name()).await.is_ok(),
             "the configured proxy may be internal"
         );
-        let internal = GuardedResolver::new(false, None);
+        let internal = GuardedResolver::new(false, vec![]);
         assert!(internal.resolve(name()).await.is_ok());
     }
 

@@ -47,6 +47,20 @@ pub enum UpstreamError {
     Setup { upstream: String, why: String },
 }
 
+impl UpstreamError {
+    /// What a client is told: the verdict without the walk's details (which
+    /// name upstreams and may quote redirect targets; they go to the log).
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            UpstreamError::NotFound => "not found on any upstream",
+            UpstreamError::Denied(_) => "denied by every upstream",
+            UpstreamError::Unavailable(_) => "no upstream could answer",
+            UpstreamError::Integrity(_) => "upstream content failed verification",
+            UpstreamError::Setup { .. } => "an upstream is misconfigured",
+        }
+    }
+}
+
 /// One upstream's failure. Every kind moves the walk to the next upstream.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AttemptError {
@@ -362,19 +376,30 @@ impl Upstreams {
         .await
     }
 
-    /// Whether a client's credentials may read `suffix` (`manifests/<ref>` or
-    /// `blobs/<digest>`) in `repo`: allowed once any upstream says yes;
-    /// `Denied` when every upstream that answered refused them.
+    /// Whether a client may read `suffix` (`manifests/<ref>`, `blobs/<digest>`
+    /// or `tags/list`) in `repo`, with its credentials (`None`: anonymously).
+    /// Only upstreams that take client credentials are asked (by default the
+    /// registry's origin, which issued them: a Harbor in front never sees a
+    /// Docker Hub password). Allowed once one says yes; `Denied` when every
+    /// one that answered refused.
     pub async fn verify_client_access(
         &self,
         repo: &str,
         suffix: &str,
-        client_auth: &HeaderValue,
+        client_auth: Option<&HeaderValue>,
     ) -> Result<(), UpstreamError> {
-        self.walk(0, |_, up| async move {
-            up.check_client_access(repo, suffix, client_auth).await
-        })
-        .await
+        let mut walk = Walk::default();
+        for up in self.clients.iter().filter(|u| u.forwards_client_credentials) {
+            if !up.health.allow() {
+                walk.skip(up);
+                continue;
+            }
+            match up.check_client_access(repo, suffix, client_auth).await {
+                Ok(()) => return Ok(()),
+                Err(e) => walk.record(up, &e),
+            }
+        }
+        Err(walk.finish())
     }
 }
 

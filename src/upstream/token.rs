@@ -126,17 +126,28 @@ pub struct TokenOrigin<'a> {
     pub requests: prometheus::IntCounter,
 }
 
+/// On whose behalf a token is asked for.
+#[derive(Clone, Copy)]
+pub enum Bearer<'a> {
+    /// tender's own (the upstream's credentials, if any); cached by scope.
+    Node,
+    /// A client's, with its `Authorization`; not cached.
+    Client(&'a HeaderValue),
+    /// Nobody's: what an anonymous client may read; not cached.
+    Anonymous,
+}
+
 impl Auth {
-    /// Gets a Bearer token for `scope` from the challenge's realm, with our
-    /// own credentials (`client_auth` None; the token is cached) or with a
-    /// client's Basic credentials (not cached: it is that client's token).
+    /// Gets a Bearer token for `scope` from the challenge's realm on behalf
+    /// of `who`. Credentials (ours or a client's) go only to a realm in the
+    /// upstream's trust domain.
     pub async fn fetch_token(
         &self,
         origin: &TokenOrigin<'_>,
         realm: &str,
         service: Option<&str>,
         scope: &str,
-        client_auth: Option<&HeaderValue>,
+        who: Bearer<'_>,
     ) -> Result<HeaderValue, AttemptError> {
         let realm_url = reqwest::Url::parse(realm)
             .map_err(|e| AttemptError::Auth(format!("token realm {realm:?} is not a URL: {e}")))?;
@@ -159,14 +170,15 @@ impl Auth {
         }
         let mut req = origin.http.get(realm_url).query(&q);
         let trusted = realm_in_trust_domain(origin.host, &realm_host);
-        match client_auth {
-            Some(a) if trusted => req = req.header(AUTHORIZATION, a.clone()),
-            Some(_) => {
+        match who {
+            Bearer::Client(a) if trusted => req = req.header(AUTHORIZATION, a.clone()),
+            Bearer::Client(_) => {
                 return Err(AttemptError::Auth(format!(
                     "token realm {realm_host} is outside the upstream's domain; a client's credentials are not sent there"
                 )))
             }
-            None => {
+            Bearer::Anonymous => {}
+            Bearer::Node => {
                 if let Some(c) = &self.creds {
                     if trusted {
                         req = req.basic_auth(&c.user, Some(&c.pass));
@@ -201,7 +213,7 @@ impl Auth {
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| AttemptError::Auth("token has invalid characters".into()))?;
         header.set_sensitive(true);
-        if client_auth.is_some() {
+        if !matches!(who, Bearer::Node) {
             return Ok(header);
         }
         // The spec's default lifetime is 60 s; renew a little early.

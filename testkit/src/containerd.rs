@@ -174,6 +174,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
         self.run_pull(&args, hosts_dir, reference, plain_http)
     }
 
+    /// [`Containerd::pull`] with credentials `user:password` (`ctr --user`),
+    /// which containerd offers any host that challenges it, as it does the
+    /// pull-secret credentials kubelet passes without a server address.
+    pub fn pull_as(&self, hosts_dir: &Path, reference: &str, user: &str) -> Result<Duration, String> {
+        let args = [
+            "image",
+            "pull",
+            "--snapshotter",
+            &self.snapshotter,
+            "--user",
+            user,
+        ];
+        self.run_pull(&args, hosts_dir, reference, false)
+    }
+
     /// `ctr content fetch` (fetch all blobs, no unpack, no image record).
     pub fn fetch(
         &self,

@@ -83,6 +83,8 @@ pub struct State {
     log: Mutex<Vec<Logged>>,
     pub fault: Mutex<Fault>,
     tokens_issued: AtomicUsize,
+    /// Blob bodies whose receiver went away before their end.
+    bodies_abandoned: AtomicUsize,
     gate: Notify,
 }
 
@@ -227,6 +229,12 @@ impl Fake {
 
     pub fn blob_gets(&self) -> usize {
         self.count("GET", "/blobs/")
+    }
+
+    /// Blob bodies the other side stopped taking before their end (it closed
+    /// the connection).
+    pub fn bodies_abandoned(&self) -> usize {
+        self.state.bodies_abandoned.load(Ordering::SeqCst)
     }
 
     pub fn tokens_issued(&self) -> usize {
@@ -441,6 +449,7 @@ async fn handle(
                     .await
                     .is_err()
                 {
+                    st2.bodies_abandoned.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
                 pos = end;

@@ -201,6 +201,11 @@ pub fn make_oci_layout(dir: &Path, tag: &str, layer_sizes: &[u64], seed: u64) ->
 /// `skopeo copy oci:<layout>:<tag> docker://<dest>` over plain http, digests preserved.
 /// `dest` is e.g. "127.0.0.1:5000/library/foo:v1". Panics with skopeo's output on failure.
 pub fn skopeo_push(image: &TestImage, dest: &str) {
+    skopeo_push_as(image, dest, None)
+}
+
+/// [`skopeo_push`] with registry credentials `user:password`.
+pub fn skopeo_push_as(image: &TestImage, dest: &str, creds: Option<&str>) {
     require_tools(&["skopeo"]);
     let src = format!("oci:{}:{}", image.layout_dir.display(), image.tag);
     let mut cmd = Command::new("skopeo");
@@ -211,8 +216,11 @@ pub fn skopeo_push(image: &TestImage, dest: &str) {
         "--preserve-digests",
         "--dest-tls-verify=false",
     ])
-    .args(["--retry-times", "0"])
-    .arg(&src)
+    .args(["--retry-times", "0"]);
+    if let Some(c) = creds {
+        cmd.args(["--dest-creds", c]);
+    }
+    cmd.arg(&src)
     .arg(format!("docker://{dest}"));
     let out = run_with_timeout(&mut cmd, Duration::from_secs(600)).expect("spawn skopeo");
     if !out.success {

@@ -28,6 +28,7 @@ fn package_for(tool: &str) -> &'static str {
         "dnsmasq" => "dnsmasq",
         "dockerd" | "docker" => "docker.io",
         "prometheus" | "promtool" => "prometheus",
+        "htpasswd" => "apache2-utils",
         "unshare" | "nsenter" | "umount" | "mount" => "util-linux",
         _ => "(unknown package)",
     }

@@ -44,6 +44,32 @@ impl Registry {
         Self::start_with(dir, &format!("proxy:\n  remoteurl: {remote_url}\n"))
     }
 
+    /// A registry where every repository needs credentials: HTTP Basic
+    /// (htpasswd, bcrypt) for `users` (user, password).
+    pub fn start_with_users(dir: &Path, users: &[(&str, &str)]) -> Registry {
+        require_tools(&["htpasswd"]);
+        fs::create_dir_all(dir).unwrap();
+        let mut file = String::new();
+        for (user, pass) in users {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, pass])
+                .output()
+                .expect("spawn htpasswd");
+            assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+            file.push_str(String::from_utf8_lossy(&out.stdout).trim());
+            file.push('\n');
+        }
+        let path = dir.join("htpasswd");
+        fs::write(&path, file).unwrap();
+        Self::start_with(
+            dir,
+            &format!(
+                "auth:\n  htpasswd:\n    realm: test-registry\n    path: {}\n",
+                path.display()
+            ),
+        )
+    }
+
     /// `extra_yaml` is appended to the generated config (top-level keys).
     pub fn start_with(dir: &Path, extra_yaml: &str) -> Registry {
         require_tools(&["docker-registry"]);
@@ -86,7 +112,8 @@ impl Registry {
                 if let Ok(Some(_)) = reg.child.as_mut().unwrap().try_wait() {
                     return true;
                 }
-                matches!(http_get(&format!("http://127.0.0.1:{port}/v2/")), Ok(r) if r.status == 200)
+                // 401: up, with authentication configured.
+                matches!(http_get(&format!("http://127.0.0.1:{port}/v2/")), Ok(r) if r.status == 200 || r.status == 401)
             });
             let exited = matches!(reg.child.as_mut().unwrap().try_wait(), Ok(Some(_)));
             if ready && !exited {

@@ -149,7 +149,10 @@ impl Fill {
 
 /// Where a blob's bytes come from.
 enum Source {
-    Stored(Arc<File>),
+    /// From the store; a read error evicts the object.
+    Stored(Arc<File>, read::Evict),
+    /// The empty blob: nothing to read (or to verify).
+    Empty,
     /// A fill under way (or just finished); `ups`/`repo` are the reader's
     /// own, for streaming through if the fill is abandoned.
     Filling {
@@ -174,10 +177,16 @@ impl Blob {
     pub fn stream(self, start: u64, end: Option<u64>) -> BodyStream {
         let (tx, rx) = mpsc::channel(1);
         match self.source {
-            Source::Stored(file) => {
+            Source::Stored(file, evict) => {
                 let end = end.or(self.size).unwrap_or(0);
-                tokio::spawn(async move { read::stream_file(file, start, end, tx).await });
+                tokio::spawn(async move {
+                    if let Err(e) = read::stream_file(file, start, end, &tx).await {
+                        evict.now(&e);
+                        let _ = tx.send(Err(e)).await;
+                    }
+                });
             }
+            Source::Empty => {}
             Source::Filling { fill, ups, repo } => {
                 tokio::spawn(
                     async move { read::stream_fill(&fill, &ups, &repo, start, end, tx).await },
@@ -208,12 +217,28 @@ impl Blobs {
         self.fills.len()
     }
 
+    /// The stored blob, if any. One that cannot be opened is evicted (and
+    /// counted): the request goes on as a miss and fetches it again.
     async fn open_stored(&self, digest: Digest) -> Result<Option<(File, u64)>, CacheError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.open_blob(&digest))
+        let opened = tokio::task::spawn_blocking(move || store.open_blob(&digest))
             .await
-            .map_err(|e| CacheError::Internal(e.to_string()))?
-            .map_err(|e| CacheError::Store(e.into()))
+            .map_err(|e| CacheError::Internal(e.to_string()))?;
+        match opened {
+            Ok(found) => Ok(found),
+            Err(e) => {
+                self.evict(digest).now(&e);
+                Ok(None)
+            }
+        }
+    }
+
+    fn evict(&self, digest: Digest) -> read::Evict {
+        read::Evict {
+            store: self.store.clone(),
+            digest,
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// A blob for GET: from the store, or joining (or starting) its fill.
@@ -227,7 +252,7 @@ impl Blobs {
             return Ok(Blob {
                 size: Some(size),
                 outcome: Outcome::Hit,
-                source: Source::Stored(Arc::new(file)),
+                source: Source::Stored(Arc::new(file), self.evict(digest)),
             });
         }
         let (mut fill, mut leader) = self.join_or_start(ups, repo, digest);
@@ -248,12 +273,19 @@ impl Blobs {
             (false, true) => Outcome::Hit,
             (false, false) => Outcome::Coalesced,
         };
-        let mut size = started.map_err(CacheError::blob)?;
+        let size = started.map_err(CacheError::blob)?;
         if size == Some(0) {
             // A zero-length answer is complete the moment its headers are
-            // sent, so it must be verified first (it is instant for the
-            // real empty blob, and fails for a lying upstream).
-            size = Some(fill.finished().await.map_err(CacheError::blob)?);
+            // sent: only the empty blob's digest may have one (a lying
+            // upstream's empty body fails here, whether cached or not).
+            if digest != Digest::of(b"") {
+                fill.finished().await.map_err(CacheError::blob)?;
+            }
+            return Ok(Blob {
+                size,
+                outcome,
+                source: Source::Empty,
+            });
         }
         Ok(Blob {
             size,

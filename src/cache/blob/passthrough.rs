@@ -1,30 +1,44 @@
 //! When the cache cannot hold a blob (disk full, below the free-space
-//! watermark, a write error), each reader continues straight from upstream
-//! with `Range` from where it is. A whole-blob read is still verified before
-//! its last chunk is sent, re-hashing the prefix it already sent from the
-//! partial file.
+//! watermark, a write error), each reader continues straight from upstream.
+//!
+//! The contract is the one of a fill: nothing a client receives is final
+//! before the whole blob is verified. A reader hashes the blob from its first
+//! byte (the part the abandoned fill already wrote comes from its file, the
+//! rest from upstream), sends the bytes of its range as they come, and holds
+//! back its last chunk until the digest matches. A range inside the blob
+//! therefore downloads the whole blob: the price of a verified answer while
+//! the disk is out of service.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::oci::{Digest, Hasher};
-use crate::upstream::Upstreams;
+use crate::upstream::{error_chain, Upstreams};
 
-/// Where a reader stands in the blob when it switches to upstream.
+/// Where a reader stands when it switches to upstream.
 pub struct Position {
     /// The next byte to send.
     pub pos: u64,
-    /// Where the reader's range began.
-    pub start: u64,
-    /// Where it ends (exclusive); `None`: the blob's end.
+    /// Where its range ends (exclusive); `None`: the blob's end.
     pub end: Option<u64>,
     /// The blob's size, if known.
     pub total: Option<u64>,
+    /// Bytes of the blob the partial file holds, from its start.
+    pub in_file: u64,
+}
+
+type Out = mpsc::Sender<io::Result<Bytes>>;
+
+/// Sends `item` unless the client takes nothing for `stall`: a client that
+/// stops reading must not hold an upstream connection open forever.
+async fn send(out: &Out, item: io::Result<Bytes>, stall: Duration) -> bool {
+    matches!(tokio::time::timeout(stall, out.send(item)).await, Ok(Ok(())))
 }
 
 pub async fn stream(
@@ -33,56 +47,55 @@ pub async fn stream(
     digest: Digest,
     at: Position,
     file: Option<Arc<File>>,
-    out: mpsc::Sender<io::Result<Bytes>>,
+    out: Out,
 ) {
-    let fail = |msg: String| io::Error::other(msg);
+    let fail = |msg: String| Err(io::Error::other(msg));
     let Position {
         mut pos,
-        start,
         end,
         total,
+        in_file,
     } = at;
-    let whole = start == 0 && (end.is_none() || end == total);
-    let mut hasher = None;
-    if whole {
-        let prefix = match (pos, file) {
-            (0, _) => Ok(Hasher::new()),
-            (n, Some(f)) => tokio::task::spawn_blocking(move || hash_prefix(&f, n))
-                .await
-                .unwrap_or_else(|e| Err(io::Error::other(e))),
-            (_, None) => Err(fail("no partial file to verify the prefix".into())),
-        };
-        match prefix {
-            Ok(h) => hasher = Some(h),
-            Err(e) => {
-                let _ = out.send(Err(e)).await;
-                return;
-            }
+    // The hash starts with what the partial file holds up to where this
+    // reader is (it sent those bytes from there); upstream gives the rest.
+    let from = in_file.min(pos);
+    let hasher = match (from, file) {
+        (0, _) => Ok(Hasher::new()),
+        (n, Some(f)) => tokio::task::spawn_blocking(move || hash_prefix(&f, n))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e))),
+        (_, None) => Err(io::Error::other("no partial file to verify the prefix")),
+    };
+    let mut hasher = match hasher {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = out.send(Err(e)).await;
+            return;
         }
-    }
-    let mut br = match ups.get_blob(repo, &digest, pos, 0).await {
+    };
+    let mut br = match ups.get_blob(repo, &digest, from, 0).await {
         Ok(b) => b,
         Err(e) => {
-            let _ = out.send(Err(fail(e.to_string()))).await;
+            let _ = out.send(fail(e.to_string())).await;
             return;
         }
     };
     let stall = br.upstream.timeouts.stall;
-    let stop = end.or(total).or(br.total);
+    let total = total.or(br.total);
+    let want_end = end.or(total).unwrap_or(u64::MAX);
+    let mut next = from; // the blob offset of the next upstream byte
     let mut held: Option<Bytes> = None;
     loop {
         let mut chunk = match tokio::time::timeout(stall, br.resp.chunk()).await {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
-                let why = crate::upstream::error_chain(&e.without_url());
-                let _ = out
-                    .send(Err(fail(format!("upstream body broke: {why}"))))
-                    .await;
+                let why = error_chain(&e.without_url());
+                let _ = out.send(fail(format!("upstream body broke: {why}"))).await;
                 return;
             }
             Err(_) => {
-                let _ = out.send(Err(fail("upstream body stalled".into()))).await;
+                let _ = out.send(fail("upstream body stalled".into())).await;
                 return;
             }
         };
@@ -91,57 +104,42 @@ pub async fn stream(
             br.skip -= n as u64;
             chunk = chunk.slice(n..);
         }
-        if let Some(s) = stop {
-            let room = s.saturating_sub(pos) as usize;
-            if chunk.len() > room {
-                if whole {
-                    let _ = out
-                        .send(Err(fail(
-                            "upstream sent more bytes than the blob has".into(),
-                        )))
-                        .await;
-                    return;
-                }
-                chunk.truncate(room);
-            }
-        }
-        if chunk.is_empty() {
-            if stop.is_some_and(|s| pos >= s) {
-                break;
-            }
-            continue;
-        }
-        if let Some(h) = &mut hasher {
-            h.update(&chunk);
-        }
-        pos += chunk.len() as u64;
-        if let Some(prev) = held.replace(chunk) {
-            if out.send(Ok(prev)).await.is_err() {
-                return;
-            }
-        }
-        if !whole && stop.is_some_and(|s| pos >= s) {
-            break;
-        }
-    }
-    if let Some(h) = hasher {
-        let actual = h.finish();
-        if actual != digest || total.is_some_and(|t| pos != t) {
+        let len = chunk.len() as u64;
+        if total.is_some_and(|t| next + len > t) {
             let _ = out
-                .send(Err(fail(format!(
-                    "pass-through body failed verification: got {actual}"
-                ))))
+                .send(fail("upstream sent more bytes than the blob has".into()))
                 .await;
             return;
         }
-    } else if stop.is_some_and(|s| pos < s) {
+        hasher.update(&chunk);
+        // The part of this chunk the client asked for.
+        let (lo, hi) = (pos.max(next), (next + len).min(want_end));
+        if lo < hi {
+            let part = chunk.slice((lo - next) as usize..(hi - next) as usize);
+            pos = hi;
+            if let Some(prev) = held.replace(part) {
+                if !send(&out, Ok(prev), stall).await {
+                    return;
+                }
+            }
+        }
+        next += len;
+    }
+    let actual = hasher.finish();
+    if actual != digest || total.is_some_and(|t| next != t) {
         let _ = out
-            .send(Err(fail("upstream body ended early".into())))
+            .send(fail(format!(
+                "pass-through body failed verification: got {actual} after {next} bytes"
+            )))
             .await;
         return;
     }
+    if end.is_some_and(|e| pos < e) {
+        let _ = out.send(fail("upstream body ended early".into())).await;
+        return;
+    }
     if let Some(last) = held {
-        let _ = out.send(Ok(last)).await;
+        send(&out, Ok(last), stall).await;
     }
 }
 

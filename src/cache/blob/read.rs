@@ -14,6 +14,9 @@ use tokio::sync::mpsc;
 
 use super::{passthrough, Fill, Phase};
 use crate::cache::inflight::Interrupted;
+use crate::metrics::Metrics;
+use crate::oci::Digest;
+use crate::store::{Kind, Store};
 use crate::upstream::Upstreams;
 
 /// Bytes handed to a client per read; bounds per-client memory.
@@ -21,48 +24,63 @@ pub const READ_CHUNK: usize = 256 << 10;
 
 type Out = mpsc::Sender<io::Result<Bytes>>;
 
-/// Streams bytes `start..end` of a complete (stored) file to `out`.
-pub async fn stream_file(file: Arc<File>, start: u64, end: u64, out: Out) {
+/// Streams bytes `start..end` of a complete (stored) file to `out`. A read
+/// that fails (or a file shorter than it was) is returned for the caller to
+/// act on; a client that went away is not an error.
+pub async fn stream_file(file: Arc<File>, start: u64, end: u64, out: &Out) -> io::Result<()> {
     let mut pos = start;
     while pos < end {
         let len = ((end - pos) as usize).min(READ_CHUNK);
-        match read_at(file.clone(), pos, len).await {
-            Ok(b) if !b.is_empty() => {
-                pos += b.len() as u64;
-                if out.send(Ok(b)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {
-                let _ = out
-                    .send(Err(io::Error::other(
-                        "cached file is shorter than expected",
-                    )))
-                    .await;
-                return;
-            }
-            Err(e) => {
-                let _ = out.send(Err(e)).await;
-                return;
-            }
+        let b = read_at(file.clone(), pos, len).await?;
+        if b.is_empty() {
+            return Err(io::Error::other("cached file is shorter than it was"));
         }
+        pos += b.len() as u64;
+        if out.send(Ok(b)).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Evicts a stored blob that could not be read: it is counted, logged and
+/// removed, and the next request fetches it again.
+pub struct Evict {
+    pub store: Arc<Store>,
+    pub digest: Digest,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Evict {
+    pub fn now(self, e: &io::Error) {
+        self.metrics.bad_objects.with_label_values(&["read"]).inc();
+        tracing::error!(digest = %self.digest, error = %e,
+            "cached blob cannot be read; evicted (the next request fetches it again)");
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = self.store.remove(Kind::Blob, &self.digest) {
+                tracing::warn!(digest = %self.digest, error = %e, "cannot remove an unreadable blob");
+            }
+        });
     }
 }
 
 /// What a reader may send of a fill right now.
 struct View {
     file: Option<Arc<File>>,
-    /// Bytes readable now (one held back until verified).
-    limit: u64,
+    /// Bytes of the blob in `file`, from its start.
+    written: u64,
     total: Option<u64>,
     complete: bool,
 }
 
 /// Streams bytes `start..end` (`end` = `None`: to the end of the blob) of a
-/// fill to `out` as they land. Holds back the blob's last byte until the
-/// fill is verified; sends an error (so the client's transfer is aborted)
-/// if the fill fails; continues from upstream (`ups`, `repo`) if the fill is
-/// abandoned. Returns when done, failed, or the client went away.
+/// fill to `out` as they land. Nothing a client receives is final before the
+/// blob is verified: the last byte of its range (which may be the blob's
+/// last) is held until the fill verifies the digest, so a wrong body aborts
+/// the transfer instead of completing it, for a range inside the blob as for
+/// the whole. Sends an error if the fill fails; continues from upstream
+/// (`ups`, `repo`) if the fill is abandoned. Returns when done, failed, or the
+/// client went away.
 pub async fn stream_fill(
     fill: &Fill,
     ups: &Upstreams,
@@ -79,25 +97,24 @@ pub async fn stream_fill(
             match &s.phase {
                 Phase::Connecting => Ok(View {
                     file: None,
-                    limit: 0,
+                    written: 0,
                     total: None,
                     complete: false,
                 }),
-                // Hold back one byte until verified.
                 Phase::Streaming { total, file } => Ok(View {
                     file: Some(file.clone()),
-                    limit: s.written.saturating_sub(1),
+                    written: s.written,
                     total: *total,
                     complete: false,
                 }),
                 Phase::Complete { size, file } => Ok(View {
                     file: Some(file.clone()),
-                    limit: *size,
+                    written: *size,
                     total: Some(*size),
                     complete: true,
                 }),
                 Phase::Failed(e) => Err(Err(e.to_string())),
-                Phase::Abandoned { file, total } => Err(Ok((file.clone(), *total))),
+                Phase::Abandoned { file, total } => Err(Ok((file.clone(), *total, s.written))),
             }
         };
         let view = match view {
@@ -106,24 +123,28 @@ pub async fn stream_fill(
                 let _ = out.send(Err(io::Error::other(e))).await;
                 return;
             }
-            Err(Ok((file, total))) => {
+            Err(Ok((file, total, written))) => {
                 let at = passthrough::Position {
                     pos,
-                    start,
                     end,
                     total,
+                    in_file: if file.is_some() { written } else { 0 },
                 };
                 passthrough::stream(ups, repo, fill.digest, at, file, out).await;
                 return;
             }
         };
         let end = end.or(view.total);
-        // Done, unless the range reaches the blob's end: then only once
-        // verified (this covers a zero-length body claiming any digest).
-        if end.is_some_and(|e| pos >= e && (view.complete || view.total.is_some_and(|t| e < t))) {
+        if view.complete && end.is_some_and(|e| pos >= e) {
             return;
         }
-        let stop = end.map_or(view.limit, |e| e.min(view.limit));
+        // Until verified, hold back the range's last byte; with the end not
+        // known yet, the last byte written (it may be the blob's last).
+        let stop = match end {
+            Some(e) if view.complete => e.min(view.written),
+            Some(e) => e.saturating_sub(1).min(view.written),
+            None => view.written.saturating_sub(1),
+        };
         if let (Some(file), true) = (view.file, pos < stop) {
             let len = ((stop - pos) as usize).min(READ_CHUNK);
             match read_at(file, pos, len).await {
@@ -147,9 +168,7 @@ pub async fn stream_fill(
             continue;
         }
         if rx.changed().await.is_err() {
-            let _ = out
-                .send(Err(io::Error::other(Interrupted.to_string())))
-                .await;
+            let _ = out.send(Err(io::Error::other(Interrupted.to_string()))).await;
             return;
         }
     }
