@@ -38,8 +38,15 @@ fn only_credentials_the_registry_accepts_pull_private_content_through_tender() {
     require_tools(&["containerd", "ctr", "docker-registry", "skopeo", "htpasswd"]);
     let tmp = TempDir::new("tender-e2e-creds");
     let img = make_oci_layout(&tmp.subdir("layout"), "v1", &[512 << 10, 64 << 10], 21);
-    let reg = Registry::start_with_users(&tmp.subdir("registry"), &[("alice", "right"), ("node", "nodepw")]);
-    skopeo_push_as(&img, &format!("{}/library/private:v1", reg.host()), Some("node:nodepw"));
+    let reg = Registry::start_with_users(
+        &tmp.subdir("registry"),
+        &[("alice", "right"), ("node", "nodepw")],
+    );
+    skopeo_push_as(
+        &img,
+        &format!("{}/library/private:v1", reg.host()),
+        Some("node:nodepw"),
+    );
     fs::write(tmp.path().join("node-creds"), "node:nodepw\n").unwrap();
     let toml = format!(
         "[[registry]]\nhost = \"docker.io\"\ndefault = true\nverify_client_credentials = true\n  \
@@ -64,12 +71,18 @@ fn only_credentials_the_registry_accepts_pull_private_content_through_tender() {
 
     // Wrong credentials, and none: no pull, and no cached byte handed out.
     let wrong = Containerd::start(&tmp.subdir("ctrd-wrong"));
-    assert!(wrong.pull_as(&hosts, IMAGE, "alice:wrong").is_err(), "wrong password pulled");
+    assert!(
+        wrong.pull_as(&hosts, IMAGE, "alice:wrong").is_err(),
+        "wrong password pulled"
+    );
     let layers = &img.layer_digests;
     assert!(!wrong.content_digests().iter().any(|d| layers.contains(d)));
     drop(wrong);
     let none = Containerd::start(&tmp.subdir("ctrd-none"));
-    assert!(none.pull(&hosts, IMAGE, false).is_err(), "an anonymous client pulled");
+    assert!(
+        none.pull(&hosts, IMAGE, false).is_err(),
+        "an anonymous client pulled"
+    );
     assert!(!none.content_digests().iter().any(|d| layers.contains(d)));
     drop(none);
     assert_eq!(served(), before, "no cached byte went to a refused client");

@@ -82,6 +82,8 @@ async fn local_clients_share_the_total_limit_but_none_can_lock_the_others_out() 
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!closed_at_once(addr), "a third local connection is served");
+    // (Let tender see that one close.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // The total limit still holds: with three open, a fourth is closed.
     let _third = std::net::TcpStream::connect(addr).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -165,11 +167,7 @@ async fn error_bodies_carry_no_urls() {
         redirect_blobs_to: Some("http://169.254.169.254/presigned?sig=secret".into()),
         ..Default::default()
     });
-    let d = Daemon::start(
-        &registry_toml("docker.io", true, &[&dead, &fake.url()]),
-        "",
-    )
-    .await;
+    let d = Daemon::start(&registry_toml("docker.io", true, &[&dead, &fake.url()]), "").await;
     let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert!(r.status().is_server_error(), "{}", r.status());
     let body = r.text().await.unwrap();
@@ -183,9 +181,7 @@ async fn the_referrers_api_answers_404_so_clients_fall_back_to_the_tag_schema() 
     let fake = Fake::start().await;
     let d = Daemon::over(&[&fake]).await;
     let digest = testkit::fake::digest_of(b"x");
-    let r = d
-        .get(&format!("/v2/library/app/referrers/{digest}"))
-        .await;
+    let r = d.get(&format!("/v2/library/app/referrers/{digest}")).await;
     assert_eq!(r.status(), 404);
     assert!(fake.log().is_empty(), "nothing is asked upstream");
 }
@@ -205,9 +201,11 @@ async fn a_client_that_stops_reading_does_not_hold_an_upstream_body_open() {
     // A client that reads the response headers, then nothing, connection open.
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    c.write_all(format!("GET /v2/library/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    c.write_all(
+        format!("GET /v2/library/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut head = [0u8; 512];
     let n = c.read(&mut head).await.unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
@@ -276,7 +274,12 @@ async fn behind_a_proxy_redirect_targets_named_by_host_are_the_proxys_to_resolve
     upstream("http://169.254.169.254");
     let r = d.get(&format!("/v2/library/app/blobs/{digest}")).await;
     assert!(r.status().is_server_error());
-    assert!(!proxy.seen.lock().unwrap().iter().any(|u| u.contains("169.254")));
+    assert!(!proxy
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|u| u.contains("169.254")));
     // ... but a host name is resolved by the proxy, not by tender: the proxy's
     // own egress policy must keep it from internal addresses (README).
     upstream("http://metadata.internal.example");

@@ -127,7 +127,10 @@ async fn a_stored_blob_that_cannot_be_read_is_evicted_and_fetched_again() {
     let r = d.get(&path).await;
     assert_eq!(r.status(), 200);
     assert_eq!(&r.bytes().await.unwrap()[..], &data[..]);
-    assert_eq!(d.metric("tender_cache_bad_objects_total{found=\"read\"}"), 1.0);
+    assert_eq!(
+        d.metric("tender_cache_bad_objects_total{found=\"read\"}"),
+        1.0
+    );
     assert_eq!(fake.blob_gets(), 2, "fetched again");
     for _ in 0..100 {
         if stored.is_file() {

@@ -115,7 +115,11 @@ fn sigterm_does_not_wait_for_a_scrub_pass_over_a_large_object() {
     t.signal("TERM");
     assert_eq!(t.wait_exit(), Some(0));
     // Stopping is checked per chunk, not per object: not a minute.
-    assert!(asked.elapsed() < Duration::from_secs(15), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
 }
 
 #[test]

@@ -342,7 +342,10 @@ fn upstream(key: &str, registry: &str, u: RawUpstream, problems: &mut Problems) 
 /// `host:port` of a URL, the port made explicit.
 fn endpoint(url: &str) -> Option<(String, u16)> {
     let u = reqwest::Url::parse(url).ok()?;
-    Some((u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
+    Some((
+        u.host_str()?.to_ascii_lowercase(),
+        u.port_or_known_default()?,
+    ))
 }
 
 fn prefetch(

@@ -91,7 +91,10 @@ mod tests {
         let l = limits(4, 1);
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         let held: Vec<_> = (0..4).map(|_| l.admit(lo)).collect();
-        assert!(held.iter().all(Option::is_some), "loopback is not held to the per-client limit");
+        assert!(
+            held.iter().all(Option::is_some),
+            "loopback is not held to the per-client limit"
+        );
         assert!(l.admit(lo).is_none(), "the total still applies");
     }
 }

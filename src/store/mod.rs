@@ -135,14 +135,17 @@ impl Store {
         let tmp = root.join("tmp");
         fs::create_dir_all(&tmp)?;
         let lock_path = root.join("lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)?;
+        if !lock_path.exists() {
+            File::create(&lock_path)?;
+        }
+        // Held read-only: a file open for writing would keep the file system
+        // from being remounted read-only underneath tender.
+        let lock_file = File::open(&lock_path)?;
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|(_, errno)| match errno {
-                nix::errno::Errno::EWOULDBLOCK => StoreError::InUse { path: root.to_path_buf() },
+                nix::errno::Errno::EWOULDBLOCK => StoreError::InUse {
+                    path: root.to_path_buf(),
+                },
                 e => StoreError::Io(io::Error::from(e)),
             })?;
         for e in fs::read_dir(&tmp)? {
@@ -160,7 +163,10 @@ impl Store {
             indexed: AtomicBool::new(false),
             metrics,
         };
-        let fixed = s.fixed_dirs().into_iter().filter_map(|d| fs::metadata(d).ok());
+        let fixed = s
+            .fixed_dirs()
+            .into_iter()
+            .filter_map(|d| fs::metadata(d).ok());
         s.lock().set_fixed_dirs(fixed.map(|m| usage(&m)).sum());
         s.migrate_flat_tags();
         Ok(s)

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode};
 
 use super::auth::{parse_challenge, Challenge};
@@ -16,6 +18,7 @@ use super::token::{Auth, Bearer, Credentials, TokenOrigin};
 use super::{AttemptError, UpstreamError};
 use crate::config::{self, BreakerPolicy, Timeouts};
 use crate::metrics::Metrics;
+use crate::oci::media;
 
 pub struct UpstreamClient {
     pub registry: String,
@@ -248,10 +251,17 @@ impl UpstreamClient {
                 .is_some_and(|p| p.eq_ignore_ascii_case(b"basic "))
         });
         let first = client_auth.filter(|_| !is_basic).cloned();
+        let mut headers = HeaderMap::new();
+        if suffix.starts_with("manifests/") {
+            // Without it a registry may hide an OCI manifest (distribution
+            // answers 404 to a client that does not accept its type).
+            headers.insert(ACCEPT, HeaderValue::from_static(media::ACCEPT_ALL));
+        }
         let mut resp = self
-            .send_once(method.clone(), &url, HeaderMap::new(), first)
+            .send_once(method.clone(), &url, headers.clone(), first)
             .await?;
-        let retry = resp.status() == StatusCode::UNAUTHORIZED && (is_basic || client_auth.is_none());
+        let retry =
+            resp.status() == StatusCode::UNAUTHORIZED && (is_basic || client_auth.is_none());
         if retry {
             let who = match client_auth {
                 Some(a) => Bearer::Client(a),
@@ -263,7 +273,7 @@ impl UpstreamClient {
                     retry_after: None,
                 });
             };
-            resp = self.send_once(method, &url, HeaderMap::new(), Some(auth)).await?;
+            resp = self.send_once(method, &url, headers, Some(auth)).await?;
         }
         if resp.status().is_success() {
             Ok(())

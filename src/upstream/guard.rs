@@ -99,10 +99,17 @@ impl GuardedResolver {
 /// proxy is configured. An operator's proxy may be internal: it is trusted.
 pub fn proxy_hosts(configured: Option<&str>) -> Vec<String> {
     let from_env = || {
-        ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
-            .iter()
-            .filter_map(|k| std::env::var(k).ok())
-            .collect::<Vec<_>>()
+        [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .collect::<Vec<_>>()
     };
     let urls = match configured {
         Some(p) => vec![p.to_string()],
@@ -125,7 +132,7 @@ pub fn proxy_hosts(configured: Option<&str>) -> Vec<String> {
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_ascii_lowercase();
-        let strict = self.public_upstream && !self.proxy_hosts.iter().any(|p| *p == host);
+        let strict = self.public_upstream && !self.proxy_hosts.contains(&host);
         Box::pin(async move {
             let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?

@@ -389,7 +389,11 @@ impl Upstreams {
         client_auth: Option<&HeaderValue>,
     ) -> Result<(), UpstreamError> {
         let mut walk = Walk::default();
-        for up in self.clients.iter().filter(|u| u.forwards_client_credentials) {
+        for up in self
+            .clients
+            .iter()
+            .filter(|u| u.forwards_client_credentials)
+        {
             if !up.health.allow() {
                 walk.skip(up);
                 continue;

@@ -177,7 +177,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
     /// [`Containerd::pull`] with credentials `user:password` (`ctr --user`),
     /// which containerd offers any host that challenges it, as it does the
     /// pull-secret credentials kubelet passes without a server address.
-    pub fn pull_as(&self, hosts_dir: &Path, reference: &str, user: &str) -> Result<Duration, String> {
+    pub fn pull_as(
+        &self,
+        hosts_dir: &Path,
+        reference: &str,
+        user: &str,
+    ) -> Result<Duration, String> {
         let args = [
             "image",
             "pull",

@@ -220,8 +220,7 @@ pub fn skopeo_push_as(image: &TestImage, dest: &str, creds: Option<&str>) {
     if let Some(c) = creds {
         cmd.args(["--dest-creds", c]);
     }
-    cmd.arg(&src)
-    .arg(format!("docker://{dest}"));
+    cmd.arg(&src).arg(format!("docker://{dest}"));
     let out = run_with_timeout(&mut cmd, Duration::from_secs(600)).expect("spawn skopeo");
     if !out.success {
         panic!(

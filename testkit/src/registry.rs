@@ -55,7 +55,11 @@ impl Registry {
                 .args(["-Bbn", user, pass])
                 .output()
                 .expect("spawn htpasswd");
-            assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "htpasswd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             file.push_str(String::from_utf8_lossy(&out.stdout).trim());
             file.push('\n');
         }

@@ -38,7 +38,10 @@ type Out = mpsc::Sender<io::Result<Bytes>>;
 /// Sends `item` unless the client takes nothing for `stall`: a client that
 /// stops reading must not hold an upstream connection open forever.
 async fn send(out: &Out, item: io::Result<Bytes>, stall: Duration) -> bool {
-    matches!(tokio::time::timeout(stall, out.send(item)).await, Ok(Ok(())))
+    matches!(
+        tokio::time::timeout(stall, out.send(item)).await,
+        Ok(Ok(()))
+    )
 }
 
 pub async fn stream(

@@ -168,7 +168,9 @@ pub async fn stream_fill(
             continue;
         }
         if rx.changed().await.is_err() {
-            let _ = out.send(Err(io::Error::other(Interrupted.to_string()))).await;
+            let _ = out
+                .send(Err(io::Error::other(Interrupted.to_string())))
+                .await;
             return;
         }
     }
