@@ -273,6 +273,49 @@ mod tests {
     }
 
     #[test]
+    fn client_credentials_go_to_the_origin_unless_configured_otherwise() {
+        let c = Config::parse(
+            r#"
+            [[registry]]
+            host = "docker.io"
+            verify_client_credentials = true
+              [[registry.upstream]]
+              url = "https://harbor.corp.example"
+              [[registry.upstream]]
+              url = "https://registry-1.docker.io/"
+            [[registry]]
+            host = "127.0.0.1:5000"
+              [[registry.upstream]]
+              url = "http://127.0.0.1:5000"
+              [[registry.upstream]]
+              url = "http://127.0.0.1:5001"
+              forward_client_credentials = true
+            "#,
+            "t",
+        )
+        .unwrap();
+        let fwd = |r: usize| -> Vec<bool> {
+            c.registries[r]
+                .upstreams
+                .iter()
+                .map(|u| u.forward_client_credentials)
+                .collect()
+        };
+        assert_eq!(fwd(0), [false, true]);
+        assert_eq!(fwd(1), [true, true]);
+        let err = Config::parse(
+            "[[registry]]\nhost = \"quay.io\"\nverify_client_credentials = true\n  [[registry.upstream]]\n  url = \"https://harbor.corp.example\"\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("registry[0].verify_client_credentials"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn listen_addresses_become_local_urls() {
         let url = |a: &str, tls| listen_url(a.parse().unwrap(), tls);
         assert_eq!(url("127.0.0.1:5050", false), "http://127.0.0.1:5050");

@@ -176,6 +176,9 @@ verify_client_credentials = true
   {{- with .caFile }}
   ca_file = {{ . | toJson }}
   {{- end }}
+  {{- if hasKey . "forwardClientCredentials" }}
+  forward_client_credentials = {{ .forwardClientCredentials }}
+  {{- end }}
 {{- end }}
 {{- end }}
 {{- if gt $defaults 1 }}
