@@ -13,7 +13,7 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_bytes: IntCounterVec,
     pub upstream_latency: HistogramVec,
-    /// `source` = cache|upstream.
+    /// `source` = cache|upstream|peer.
     pub bytes_served: IntCounterVec,
     pub cache_size: IntGauge,
     pub cache_entries: IntGauge,
@@ -30,6 +30,14 @@ pub struct Metrics {
     pub connections_rejected: IntCounter,
     /// 1 while an upstream's circuit breaker is open.
     pub upstream_circuit_open: IntGaugeVec,
+    /// Requests between nodes: `direction` = served (on the peer listener,
+    /// `result` = hit|miss|coalesced|error) or fetched (from a peer,
+    /// `result` = its status, or timeout|connect_error|error|broken_body).
+    pub peer_requests: IntCounterVec,
+    /// Body bytes between nodes, by `direction` (served|fetched).
+    pub peer_bytes: IntCounterVec,
+    /// Peers whose breaker is closed (set when scraped).
+    pub peers: IntGauge,
 }
 
 impl Metrics {
@@ -71,6 +79,16 @@ impl Metrics {
             "tender_cache_bad_objects_total",
             "Stored objects found unreadable or not matching their digest, evicted so that the next request fetches them again; by where they were found (read|scrub).",
             &["found"],
+        );
+        let peer_requests = counter_vec(
+            "tender_peer_requests_total",
+            "Requests between nodes of the cluster tier: served to peers (result hit|miss|coalesced|error) or fetched from peers (result: HTTP status, or timeout|connect_error|error|broken_body).",
+            &["direction", "result"],
+        );
+        let peer_bytes = counter_vec(
+            "tender_peer_bytes_total",
+            "Blob and manifest body bytes between nodes of the cluster tier, by direction (served|fetched).",
+            &["direction"],
         );
         let passthrough = counter_vec(
             "tender_passthrough_total",
@@ -125,6 +143,12 @@ impl Metrics {
             passthrough,
             bad_objects,
             upstream_circuit_open,
+            peer_requests,
+            peer_bytes,
+            peers: gauge(
+                "tender_peers",
+                "Other nodes this node peers with whose breaker is closed (the cluster tier; 0 without one).",
+            ),
             scrub_objects,
             scrub_bytes: counter(
                 "tender_scrub_bytes_total",

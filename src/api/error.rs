@@ -29,6 +29,14 @@ pub enum ApiError {
     Range(#[from] RangeError),
     #[error("{0}")]
     Cache(#[from] CacheError),
+    /// On the peer listener, a request without the cluster's token.
+    #[error(
+        "this listener serves the nodes of a tender cluster only: the cluster token is required"
+    )]
+    PeerTokenRequired,
+    /// On the peer listener: only the pull API and health are served there.
+    #[error("not served on the peer listener")]
+    NotForPeers,
 }
 
 impl ApiError {
@@ -45,7 +53,8 @@ impl ApiError {
                 (S::METHOD_NOT_ALLOWED, C::Unsupported)
             }
             ApiError::NotAcceptable(_) => (S::NOT_FOUND, C::ManifestUnknown),
-            ApiError::NoReferrers => (S::NOT_FOUND, C::NotFound),
+            ApiError::NoReferrers | ApiError::NotForPeers => (S::NOT_FOUND, C::NotFound),
+            ApiError::PeerTokenRequired => (S::UNAUTHORIZED, C::Unauthorized),
             ApiError::Range(RangeError::Malformed(_)) => (S::BAD_REQUEST, C::RangeInvalid),
             ApiError::Range(RangeError::Unsatisfiable { .. }) => {
                 (S::RANGE_NOT_SATISFIABLE, C::RangeInvalid)
@@ -63,7 +72,7 @@ impl ApiError {
                     UpstreamError::Unavailable(_) | UpstreamError::Setup { .. },
                 ) => (S::SERVICE_UNAVAILABLE, C::Unavailable),
                 CacheError::Upstream(UpstreamError::Integrity(_)) => (S::BAD_GATEWAY, C::Unknown),
-                CacheError::Store(_) | CacheError::Internal(_) => {
+                CacheError::Store(_) | CacheError::Internal(_) | CacheError::Cluster(_) => {
                     (S::INTERNAL_SERVER_ERROR, C::Unknown)
                 }
             },
@@ -109,6 +118,12 @@ impl ApiError {
             h.insert(
                 hyper::header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"tender\", charset=\"UTF-8\""),
+            );
+        }
+        if matches!(self, ApiError::PeerTokenRequired) {
+            h.insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tender-peers\", error=\"invalid_token\""),
             );
         }
         if matches!(self, ApiError::Unsupported(_) | ApiError::MethodNotAllowed) {

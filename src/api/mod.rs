@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RANGE};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::cache::{Cache, Outcome};
+use crate::cache::{Cache, Caller, Outcome};
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference};
 use crate::upstream::Upstreams;
@@ -32,10 +32,12 @@ use error::ApiError;
 use path::Route;
 use response::{blob_response, json_response, text_response, BlobPlan};
 
-/// The daemon's request handler, shared by every connection.
+/// The daemon's request handler, shared by every connection of a listener.
 pub struct Api {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
+    /// Serves the peer listener: other nodes only, with the cluster token.
+    for_peers: bool,
 }
 
 /// What the per-request log line and metrics say about a request.
@@ -47,8 +49,23 @@ struct Info {
 }
 
 impl Api {
+    /// The handler of the local listener (this node's clients).
     pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Api {
-        Api { cache, metrics }
+        Api {
+            cache,
+            metrics,
+            for_peers: false,
+        }
+    }
+
+    /// The handler of the peer listener: every request but `/healthz` and
+    /// `/readyz` must carry the cluster token, and is answered as owner.
+    pub fn for_peers(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Api {
+        Api {
+            cache,
+            metrics,
+            for_peers: true,
+        }
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -79,10 +96,17 @@ impl Api {
             }
         };
         if matches!(info.kind, "manifest" | "blob" | "tags") {
-            self.metrics
-                .requests
-                .with_label_values(&[info.kind, info.result])
-                .inc();
+            if self.for_peers {
+                self.metrics
+                    .peer_requests
+                    .with_label_values(&["served", info.result])
+                    .inc();
+            } else {
+                self.metrics
+                    .requests
+                    .with_label_values(&[info.kind, info.result])
+                    .inc();
+            }
         }
         let status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
@@ -106,6 +130,18 @@ impl Api {
         info: &mut Info,
     ) -> Result<Response<ResponseBody>, ApiError> {
         let route = path::parse(req.uri().path())?;
+        if self.for_peers {
+            match route {
+                Route::Healthz | Route::Readyz => {}
+                Route::Metrics | Route::Cluster => return Err(ApiError::NotForPeers),
+                _ => {
+                    let token = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+                    if !self.cache.cluster().is_some_and(|c| c.admits(token)) {
+                        return Err(ApiError::PeerTokenRequired);
+                    }
+                }
+            }
+        }
         let head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !head {
             return Err(match route {
@@ -116,6 +152,9 @@ impl Api {
         let (name, kind) = match &route {
             Route::Base => return Ok(json_response(Bytes::from_static(b"{}"), head)),
             Route::Metrics => {
+                if let Some(c) = self.cache.cluster() {
+                    self.metrics.peers.set(c.live_peers() as i64);
+                }
                 let mut r = Response::new(ResponseBody::full(self.metrics.render()));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
@@ -124,6 +163,7 @@ impl Api {
                 return Ok(r);
             }
             Route::Healthz => return Ok(text_response(StatusCode::OK, "ok\n")),
+            Route::Cluster => return Ok(self.cluster_status(head)),
             Route::Readyz => {
                 return Ok(if self.cache.is_ready() {
                     text_response(StatusCode::OK, "ready\n")
@@ -146,30 +186,23 @@ impl Api {
         };
         let ups = self.cache.registry(ns.as_deref())?;
         info.registry = ups.host.clone();
-        let credentials = req.headers().get(AUTHORIZATION);
+        let caller = if self.for_peers {
+            Caller::Peer
+        } else {
+            Caller::Client(req.headers().get(AUTHORIZATION))
+        };
         match route {
             Route::Manifest { name, reference } => {
-                self.manifest(
-                    &ups,
-                    &name,
-                    &reference,
-                    req.headers(),
-                    credentials,
-                    head,
-                    info,
-                )
-                .await
+                self.manifest(&ups, &name, &reference, req.headers(), caller, head, info)
+                    .await
             }
             Route::Blob { name, digest } => {
-                self.blob(&ups, &name, digest, req.headers(), credentials, head, info)
+                self.blob(&ups, &name, digest, req.headers(), caller, head, info)
                     .await
             }
             Route::TagsList { name } => {
                 let query = query::tags_pagination(req.uri().query());
-                let body = self
-                    .cache
-                    .tags_list(&ups, &name, &query, credentials)
-                    .await?;
+                let body = self.cache.tags_list(&ups, &name, &query, caller).await?;
                 info.result = Outcome::Miss.as_str();
                 Ok(json_response(body, head))
             }
@@ -184,20 +217,17 @@ impl Api {
         name: &str,
         reference: &Reference,
         headers: &HeaderMap,
-        credentials: Option<&HeaderValue>,
+        caller: Caller<'_>,
         head: bool,
         info: &mut Info,
     ) -> Result<Response<ResponseBody>, ApiError> {
-        let answer = self
-            .cache
-            .manifest(ups, name, reference, credentials)
-            .await?;
+        let answer = self.cache.manifest(ups, name, reference, caller).await?;
         info.result = answer.outcome.as_str();
         let m = &answer.manifest;
         if !response::accepts(headers, &m.media_type) {
             return Err(ApiError::NotAcceptable(m.media_type.clone()));
         }
-        let counter = self.served_counter(answer.outcome);
+        let counter = self.served_counter(answer.outcome, m.from_peer);
         Ok(response::manifest_response(m, headers, head, |b| {
             ResponseBody::full(b).counted(counter)
         }))
@@ -210,7 +240,7 @@ impl Api {
         name: &str,
         digest: Digest,
         headers: &HeaderMap,
-        credentials: Option<&HeaderValue>,
+        caller: Caller<'_>,
         head: bool,
         info: &mut Info,
     ) -> Result<Response<ResponseBody>, ApiError> {
@@ -224,16 +254,16 @@ impl Api {
             None => None,
         };
         if head {
-            let (size, outcome) = self.cache.blob_head(ups, name, digest, credentials).await?;
+            let (size, outcome) = self.cache.blob_head(ups, name, digest, caller).await?;
             info.result = outcome.as_str();
             return Ok(match size {
                 Some(size) => BlobPlan::new(digest, size, range)?.response(ResponseBody::empty()),
                 None => blob_response(ResponseBody::empty(), &digest),
             });
         }
-        let blob = self.cache.blob(ups, name, digest, credentials).await?;
+        let blob = self.cache.blob(ups, name, digest, caller).await?;
         info.result = blob.outcome.as_str();
-        let counter = self.served_counter(blob.outcome);
+        let counter = self.served_counter(blob.outcome, blob.from_peer);
         Ok(match blob.size {
             Some(size) => {
                 let plan = BlobPlan::new(digest, size, range)?;
@@ -251,12 +281,29 @@ impl Api {
         })
     }
 
-    fn served_counter(&self, outcome: Outcome) -> prometheus::IntCounter {
-        let source = if outcome == Outcome::Hit {
-            "cache"
-        } else {
-            "upstream"
+    /// The counter of body bytes sent: to a peer, or to a client by where
+    /// they came from.
+    fn served_counter(&self, outcome: Outcome, from_peer: bool) -> prometheus::IntCounter {
+        if self.for_peers {
+            return self.metrics.peer_bytes.with_label_values(&["served"]);
+        }
+        let source = match (outcome, from_peer) {
+            (Outcome::Hit, _) => "cache",
+            (_, true) => "peer",
+            (_, false) => "upstream",
         };
         self.metrics.bytes_served.with_label_values(&[source])
+    }
+
+    /// `/cluster`: this node and its peers with their health; `{}` (and
+    /// 404) without a cluster tier.
+    fn cluster_status(&self, head: bool) -> Response<ResponseBody> {
+        match self.cache.cluster() {
+            Some(c) => {
+                let body = serde_json::to_vec(&c.status()).unwrap_or_default();
+                json_response(Bytes::from(body), head)
+            }
+            None => text_response(StatusCode::NOT_FOUND, "no cluster tier configured\n"),
+        }
     }
 }

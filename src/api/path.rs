@@ -29,6 +29,8 @@ pub enum Route {
     Metrics,
     Healthz,
     Readyz,
+    /// `/cluster`: this node's peers and their health (JSON).
+    Cluster,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +56,7 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
         "/metrics" => return Ok(Route::Metrics),
         "/healthz" => return Ok(Route::Healthz),
         "/readyz" => return Ok(Route::Readyz),
+        "/cluster" => return Ok(Route::Cluster),
         _ => {}
     }
     let rest = path.strip_prefix("/v2/").ok_or(PathError::NotFound)?;

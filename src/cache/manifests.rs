@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::inflight::{InFlight, Shared};
 use super::tags::{TagKey, Tags};
-use super::Outcome;
+use super::{Outcome, Via};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::store::{Kind, Store};
@@ -25,12 +25,17 @@ pub struct Manifest {
     pub digest: Digest,
     pub media_type: String,
     pub bytes: Bytes,
+    /// Fetched from a peer (not from disk or an upstream).
+    pub from_peer: bool,
 }
 
 /// Manifest fetches by digest are keyed by registry and repository too: a
 /// "not found" in one repository must not answer another's request
-/// (manifests are small; a rare duplicate fetch is the price).
-type DigestKey = (Digest, String, String);
+/// (manifests are small; a rare duplicate fetch is the price). Like blob
+/// fills, fetches that walk peers first are apart from those that do not.
+type DigestKey = (Digest, String, String, bool);
+/// Tag resolutions, keyed likewise.
+type TagFlightKey = (TagKey, bool);
 type Resolved = (Arc<Manifest>, Outcome);
 
 pub struct Manifests {
@@ -39,7 +44,7 @@ pub struct Manifests {
     tags: Tags,
     tag_ttl: Duration,
     by_digest: Arc<InFlight<DigestKey, Shared<Arc<Manifest>, UpstreamError>>>,
-    by_tag: Arc<InFlight<TagKey, Shared<Resolved, UpstreamError>>>,
+    by_tag: Arc<InFlight<TagFlightKey, Shared<Resolved, UpstreamError>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,18 +77,20 @@ impl Manifests {
     }
 
     /// A manifest by digest: from memory or disk, else fetched once however
-    /// many ask.
+    /// many ask, `via` the cluster or straight from `ups`.
     pub async fn by_digest(
         self: &Arc<Self>,
         ups: &Arc<Upstreams>,
         repo: &str,
         d: Digest,
+        via: Via<'_>,
     ) -> Result<Resolved, UpstreamError> {
         if let Some(m) = self.local(&d).await {
             return Ok((m, Outcome::Hit));
         }
-        let (me, ups2, repo2) = (self.clone(), ups.clone(), repo.to_string());
-        let key = (d, ups.host.clone(), repo.to_string());
+        let ups = via.upstreams(ups, d.to_string().as_bytes());
+        let key = (d, ups.host.clone(), repo.to_string(), ups.is_peered());
+        let (me, ups2, repo2) = (self.clone(), ups, repo.to_string());
         let (res, followed) = self
             .by_digest
             .run(key, move || async move {
@@ -99,12 +106,16 @@ impl Manifests {
     }
 
     /// A manifest by tag. Within `tag_ttl` of the last confirmation it is
-    /// served from memory without touching disk (the hot path).
+    /// served from memory without touching disk (the hot path). Otherwise
+    /// resolved once however many ask, `via` the cluster (the tag's owner
+    /// asks the registry once per `tag_ttl` for the whole cluster) or
+    /// straight from `ups`.
     pub async fn by_tag(
         self: &Arc<Self>,
         ups: &Arc<Upstreams>,
         repo: &str,
         tag: &str,
+        via: Via<'_>,
     ) -> Result<Resolved, UpstreamError> {
         let key = TagKey::new(&ups.host, repo, tag);
         if let Some(e) = self.tags.get_mem(&key) {
@@ -115,10 +126,15 @@ impl Manifests {
                 }
             }
         }
-        let (me, ups2, k) = (self.clone(), ups.clone(), key.clone());
+        let ups = via.upstreams(ups, key.to_string().as_bytes());
+        let flight = (key.clone(), ups.is_peered());
+        let me = self.clone();
         let (res, followed) = self
             .by_tag
-            .run(key, move || async move { me.resolve_tag(&ups2, &k).await })
+            .run(
+                flight,
+                move || async move { me.resolve_tag(&ups, &key).await },
+            )
             .await;
         let (m, outcome) = res?;
         Ok((m, Outcome::of(followed, outcome)))
@@ -200,6 +216,7 @@ impl Manifests {
                     digest: d,
                     media_type,
                     bytes,
+                    from_peer: false,
                 });
                 self.mem.insert(d, m.clone());
                 Some(m)
@@ -224,6 +241,7 @@ impl Manifests {
             digest: fm.digest,
             media_type: fm.media_type,
             bytes: fm.bytes,
+            from_peer: fm.from_peer,
         });
         self.mem.insert(m.digest, m.clone());
         let store = self.store.clone();

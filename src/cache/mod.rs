@@ -7,9 +7,12 @@
 //! re-verified) → on a miss the request joins or starts the single in-flight
 //! fetch for its key ([`inflight`]) → which walks the registry's upstreams
 //! (`crate::upstream`) → and commits verified bytes to the store
-//! (`crate::store`). Tags are trusted for `tag_ttl`, then revalidated with a
-//! HEAD; when every upstream fails the last known digest is served. A blob
-//! the disk cannot take is streamed through.
+//! (`crate::store`). In a cluster, a miss from one of this node's clients
+//! walks the peers that own its key first ([`Via`], `crate::cluster`); a
+//! request from a peer is answered as owner. Tags are trusted for
+//! `tag_ttl`, then revalidated with a HEAD; when every upstream fails the
+//! last known digest is served. A blob the disk cannot take is streamed
+//! through.
 //!
 //! Every piece of state here is bounded: memory caches by entries or bytes
 //! (moka), in-flight maps by the work under way, and everything on disk by
@@ -26,6 +29,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference};
@@ -86,6 +90,8 @@ pub enum CacheError {
     Upstream(UpstreamError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -114,6 +120,34 @@ impl From<Interrupted> for UpstreamError {
     }
 }
 
+/// Who asks.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    /// One of this node's clients, with its `Authorization` (checked
+    /// upstream where the registry asks for it). Misses go through the
+    /// cluster.
+    Client(Option<&'a HeaderValue>),
+    /// Another node, on the peer listener (admitted by the cluster token,
+    /// which vouches that it checked its own client). Answered as owner:
+    /// from the cache or this node's own upstreams, never another peer.
+    Peer,
+}
+
+/// Where a miss is fetched from: through the cluster (the peers that own
+/// its key first), or only from the registry's own upstreams.
+#[derive(Clone, Copy)]
+pub struct Via<'a>(Option<&'a Cluster>);
+
+impl Via<'_> {
+    /// The upstreams a miss for `key` walks.
+    pub fn upstreams(self, ups: &Arc<Upstreams>, key: &[u8]) -> Arc<Upstreams> {
+        match self.0 {
+            Some(cluster) => cluster.route(ups, key),
+            None => ups.clone(),
+        }
+    }
+}
+
 /// A manifest answer: the manifest and how it was found.
 pub struct ManifestAnswer {
     pub manifest: Arc<Manifest>,
@@ -130,6 +164,7 @@ pub struct Cache {
     blobs: Blobs,
     manifests: Arc<Manifests>,
     access: Access,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Cache {
@@ -143,7 +178,12 @@ impl Cache {
             .with_min_free(config.min_free_space);
         let store = Arc::new(store);
         let registries = Registries::new(&config, &metrics).map_err(CacheError::Upstream)?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(Cluster::new(c, config.timeouts, metrics.clone())?)),
+            None => None,
+        };
         Ok(Cache {
+            cluster,
             registries: RwLock::new(Arc::new(registries)),
             blobs: Blobs::new(store.clone(), metrics.clone()),
             manifests: Arc::new(Manifests::new(store.clone(), config.tag_ttl, metrics)),
@@ -165,6 +205,32 @@ impl Cache {
         &self.manifests
     }
 
+    /// The cluster tier, if configured.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    fn via(&self, caller: Caller<'_>) -> Via<'_> {
+        match caller {
+            Caller::Client(_) => Via(self.cluster.as_deref()),
+            Caller::Peer => Via(None),
+        }
+    }
+
+    /// Whether `caller` may read `suffix` in `repo` (see [`access`]).
+    async fn check(
+        &self,
+        ups: &Arc<Upstreams>,
+        repo: &str,
+        suffix: &str,
+        caller: Caller<'_>,
+    ) -> Result<(), CacheError> {
+        match caller {
+            Caller::Client(credentials) => self.access.check(ups, repo, suffix, credentials).await,
+            Caller::Peer => Ok(()),
+        }
+    }
+
     /// Replaces the registries and their upstreams with those of `config`
     /// (SIGHUP). Requests already under way finish with the old ones. Other
     /// settings need a restart; a change to them is reported and ignored.
@@ -180,6 +246,9 @@ impl Cache {
         }
         if config.tag_ttl != old.tag_ttl || config.min_free_space != old.min_free_space {
             ignored.push("tag_ttl/min_free_space");
+        }
+        if config.cluster.is_some() != old.cluster.is_some() {
+            ignored.push("cluster");
         }
         if !ignored.is_empty() {
             tracing::warn!(settings = ?ignored, "these settings change only on restart");
@@ -220,13 +289,14 @@ impl Cache {
         ups: &Arc<Upstreams>,
         repo: &str,
         reference: &Reference,
-        credentials: Option<&HeaderValue>,
+        caller: Caller<'_>,
     ) -> Result<ManifestAnswer, CacheError> {
         let suffix = format!("manifests/{reference}");
-        self.access.check(ups, repo, &suffix, credentials).await?;
+        self.check(ups, repo, &suffix, caller).await?;
+        let via = self.via(caller);
         let (manifest, outcome) = match reference {
-            Reference::Digest(d) => self.manifests.by_digest(ups, repo, *d).await,
-            Reference::Tag(t) => self.manifests.by_tag(ups, repo, t).await,
+            Reference::Digest(d) => self.manifests.by_digest(ups, repo, *d, via).await,
+            Reference::Tag(t) => self.manifests.by_tag(ups, repo, t, via).await,
         }
         .map_err(CacheError::manifest)?;
         Ok(ManifestAnswer { manifest, outcome })
@@ -238,12 +308,11 @@ impl Cache {
         ups: &Arc<Upstreams>,
         repo: &str,
         digest: Digest,
-        credentials: Option<&HeaderValue>,
+        caller: Caller<'_>,
     ) -> Result<Blob, CacheError> {
-        self.access
-            .check(ups, repo, &format!("blobs/{digest}"), credentials)
+        self.check(ups, repo, &format!("blobs/{digest}"), caller)
             .await?;
-        self.blobs.get(ups, repo, digest).await
+        self.blobs.get(ups, repo, digest, self.via(caller)).await
     }
 
     /// A blob's size for HEAD, without downloading an uncached blob.
@@ -252,25 +321,23 @@ impl Cache {
         ups: &Arc<Upstreams>,
         repo: &str,
         digest: Digest,
-        credentials: Option<&HeaderValue>,
+        caller: Caller<'_>,
     ) -> Result<(Option<u64>, Outcome), CacheError> {
-        self.access
-            .check(ups, repo, &format!("blobs/{digest}"), credentials)
+        self.check(ups, repo, &format!("blobs/{digest}"), caller)
             .await?;
-        self.blobs.head(ups, repo, digest).await
+        self.blobs.head(ups, repo, digest, self.via(caller)).await
     }
 
-    /// `tags/list`, passed through to the upstreams (tag lists are not cached).
+    /// `tags/list`, passed through to the registry's own upstreams (tag
+    /// lists are neither cached nor asked of peers).
     pub async fn tags_list(
         &self,
         ups: &Arc<Upstreams>,
         repo: &str,
         query: &str,
-        credentials: Option<&HeaderValue>,
+        caller: Caller<'_>,
     ) -> Result<Bytes, CacheError> {
-        self.access
-            .check(ups, repo, "tags/list", credentials)
-            .await?;
+        self.check(ups, repo, "tags/list", caller).await?;
         ups.tags_list(repo, query)
             .await
             .map_err(CacheError::Upstream)

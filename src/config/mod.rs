@@ -43,6 +43,48 @@ pub struct Config {
     pub registries: Vec<Registry>,
     /// Images to keep warm, re-pulled through tender on a schedule.
     pub prefetch: Option<Prefetch>,
+    /// Peering with the other nodes' tenders (absent: none).
+    pub cluster: Option<Cluster>,
+}
+
+/// The cluster tier: this node's peer listener and how it finds its peers.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Serves other nodes only (the node IP in a cluster).
+    pub listen: SocketAddr,
+    /// This node as its peers reach it, normalised (`http://10.0.3.7:5051`):
+    /// its identity in the rendezvous ranking.
+    pub advertise: String,
+    /// Static peers, normalised URLs.
+    pub peers: Vec<String>,
+    /// A headless Service name and the peer port (`name:port`): its A
+    /// records are the peers, re-resolved every `dns_interval`.
+    pub peers_dns: Option<(String, u16)>,
+    /// The shared secret every peer request carries as a Bearer token.
+    pub token_file: PathBuf,
+    /// How long a peer may take to answer (headers) before the next one is asked.
+    pub peer_timeout: Duration,
+    pub dns_interval: Duration,
+}
+
+/// A peer's URL in the one form every node computes the same way:
+/// `scheme://host:port`, lowercase, IPv6 in brackets, the port explicit.
+pub fn normalize_peer_url(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url.trim()).ok()?;
+    if !matches!(u.scheme(), "http" | "https")
+        || !matches!(u.path(), "" | "/")
+        || u.query().is_some()
+        || !u.username().is_empty()
+    {
+        return None;
+    }
+    // host_str keeps IPv6 in brackets.
+    let host = u.host_str()?.to_ascii_lowercase();
+    Some(format!(
+        "{}://{host}:{}",
+        u.scheme(),
+        u.port_or_known_default()?
+    ))
 }
 
 /// How much of the cache's file system tender leaves free for the node.
@@ -81,6 +123,8 @@ pub struct Timeouts {
 pub struct BreakerPolicy {
     pub failures: u32,
     pub cooldown: Duration,
+    /// The cool-down doubles after each failed probe, up to this.
+    pub max_cooldown: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -28,6 +28,20 @@ pub struct RawConfig {
     #[serde(default)]
     pub registry: Vec<RawRegistry>,
     pub prefetch: Option<RawPrefetch>,
+    pub cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub listen: String,
+    pub advertise: String,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub peers_dns: Option<String>,
+    pub token_file: String,
+    pub peer_timeout: Option<String>,
+    pub dns_interval: Option<String>,
 }
 
 #[derive(Deserialize)]

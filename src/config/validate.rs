@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawUpstream};
+use super::raw::{RawCluster, RawConfig, RawUpstream};
 use super::units::{parse_duration, parse_free_space, parse_size};
 use super::{
-    BreakerPolicy, Config, FreeSpace, Prefetch, Problem, Registry, Timeouts, TlsFiles, Upstream,
+    normalize_peer_url, BreakerPolicy, Cluster, Config, FreeSpace, Prefetch, Problem, Registry,
+    Timeouts, TlsFiles, Upstream,
 };
 use crate::oci::name::{origin_url, valid_registry_host, valid_repository};
 use crate::oci::ImageRef;
@@ -147,6 +148,7 @@ pub fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
     }
 
     let registries = registries(raw.registry, problems);
+    let cluster = raw.cluster.map(|c| cluster(c, problems));
     let prefetch = raw
         .prefetch
         .map(|p| prefetch(p.images, p.interval, &registries, problems));
@@ -168,9 +170,87 @@ pub fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         breaker: BreakerPolicy {
             failures: breaker_failures.max(1),
             cooldown: breaker_cooldown,
+            max_cooldown: breaker_cooldown.max(Duration::from_secs(300)),
         },
         registries,
         prefetch,
+        cluster,
+    }
+}
+
+fn cluster(c: RawCluster, problems: &mut Problems) -> Cluster {
+    let listen = c.listen.parse().unwrap_or_else(|_| {
+        problems.push(
+            "cluster.listen",
+            format!("{:?} is not an IP:port socket address", c.listen),
+        );
+        SocketAddr::from(([0, 0, 0, 0], 5051))
+    });
+    let mut url = |key: &str, v: &str| -> String {
+        normalize_peer_url(v).unwrap_or_else(|| {
+            problems.push(
+                key,
+                format!("{v:?} is not a peer URL (http://host:port, no path)"),
+            );
+            String::new()
+        })
+    };
+    let advertise = url("cluster.advertise", &c.advertise);
+    let peers: Vec<String> = c
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| url(&format!("cluster.peers[{i}]"), p))
+        .collect();
+    let peers_dns = c.peers_dns.as_deref().and_then(|v| {
+        let parsed = v
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_ascii_lowercase(), p.parse::<u16>().ok()?)))
+            .filter(|(h, p)| *p != 0 && valid_registry_host(h));
+        if parsed.is_none() {
+            problems.push(
+                "cluster.peers_dns",
+                format!("{v:?} is not a DNS name and port (tender-peers.kube-system.svc.cluster.local:5051)"),
+            );
+        }
+        parsed
+    });
+    if peers.is_empty() && peers_dns.is_none() {
+        problems.push("cluster", "needs peers, peers_dns, or both");
+    }
+    match std::fs::read_to_string(&c.token_file) {
+        Ok(t) if t.trim().len() >= 16 => {}
+        Ok(_) => problems.push(
+            "cluster.token_file",
+            format!(
+                "{:?} holds fewer than 16 characters: not a secret",
+                c.token_file
+            ),
+        ),
+        Err(e) => problems.push("cluster.token_file", format!("{:?}: {e}", c.token_file)),
+    }
+    let mut dur =
+        |key: &str, v: Option<&str>, default: &str| match parse_duration(v.unwrap_or(default)) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.push(key, "must be greater than zero");
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                problems.push(key, e);
+                Duration::from_secs(1)
+            }
+        };
+    let peer_timeout = dur("cluster.peer_timeout", c.peer_timeout.as_deref(), "2s");
+    let dns_interval = dur("cluster.dns_interval", c.dns_interval.as_deref(), "10s");
+    Cluster {
+        listen,
+        advertise,
+        peers,
+        peers_dns,
+        token_file: PathBuf::from(c.token_file),
+        peer_timeout,
+        dns_interval,
     }
 }
 

@@ -53,6 +53,8 @@ pub enum ServerError {
 pub struct Running {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// The peer listener's address (the cluster tier).
+    pub peer_addr: Option<SocketAddr>,
     pub api: Arc<Api>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -102,6 +104,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         source,
     })?;
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let peer_listener = match &config.cluster {
+        Some(c) => Some(bind("cluster.listen", c.listen).await?),
+        None => None,
+    };
+    let peer_addr = peer_listener.as_ref().and_then(|l| l.local_addr().ok());
     if !addr.ip().is_loopback() && tls.is_none() {
         tracing::warn!(%addr, "listening beyond loopback without TLS: any host that can reach this address can pull through this cache");
     }
@@ -111,17 +118,24 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let tls_on = config.tls.is_some();
     let cache = Arc::new(Cache::open(config, metrics.clone())?);
     tasks::rebuild_index(cache.store().clone());
-    let api = Arc::new(Api::new(cache, metrics));
+    let api = Arc::new(Api::new(cache.clone(), metrics.clone()));
+    let listeners = Listeners {
+        api: listener,
+        tls,
+        metrics: metrics_listener,
+        metrics_tls,
+        peers: peer_listener.map(|l| (l, Arc::new(Api::for_peers(cache, metrics)))),
+    };
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let api2 = api.clone();
     let task = tokio::spawn(async move {
-        serve(api2, listener, metrics_listener, tls, metrics_tls, async {
+        serve(api2, listeners, async {
             let _ = stop_rx.await;
         })
         .await
     });
-    tracing::info!(%addr, metrics = ?metrics_addr, "tender listening");
+    tracing::info!(%addr, metrics = ?metrics_addr, peers = ?peer_addr, "tender listening");
     let prefetcher = prefetch.map(|p| {
         let own = crate::config::listen_url(addr, tls_on);
         tokio::spawn(tasks::scheduled_prefetch(own, p))
@@ -129,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     Ok(Running {
         addr,
         metrics_addr,
+        peer_addr,
         api,
         stop: Some(stop_tx),
         task,
@@ -136,41 +151,53 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     })
 }
 
-/// Serves until `shutdown` resolves, then drains.
-pub async fn serve(
-    api: Arc<Api>,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+/// The bound listeners: the local API (with TLS if configured), the
+/// metrics-only listener, and the peer listener with its own handler.
+struct Listeners {
+    api: TcpListener,
     tls: Option<TlsAcceptor>,
+    metrics: Option<TcpListener>,
     metrics_tls: Option<TlsAcceptor>,
-    shutdown: impl Future<Output = ()>,
-) {
+    peers: Option<(TcpListener, Arc<Api>)>,
+}
+
+/// Serves until `shutdown` resolves, then drains.
+async fn serve(api: Arc<Api>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
     let cache = api.cache().clone();
     let graceful = Arc::new(GracefulShutdown::new());
     let flusher = tasks::flush_access_times(cache.store().clone());
     let scrubber = tasks::scrub(&cache);
+    let membership = cache
+        .cluster()
+        .map(|c| tokio::spawn(crate::cluster::run_membership(c.clone())));
     let config = cache.config();
     let limits = ConnLimits::new(
         config.max_connections,
         config.max_connections_per_client,
         api.metrics().connections_rejected.clone(),
     );
-    let metrics_task = metrics_listener.map(|l| {
-        let api = api.clone();
-        let g = graceful.clone();
-        let limits = limits.clone();
-        tokio::spawn(async move {
-            accept_loop(api, l, &g, Listener::MetricsOnly, metrics_tls, limits).await
-        })
-    });
+    let mut side_tasks = Vec::new();
+    if let Some(l) = listeners.metrics {
+        let (api, g, limits) = (api.clone(), graceful.clone(), limits.clone());
+        let tls = listeners.metrics_tls;
+        side_tasks.push(tokio::spawn(async move {
+            accept_loop(api, l, &g, Listener::MetricsOnly, tls, limits).await
+        }));
+    }
+    if let Some((l, peer_api)) = listeners.peers {
+        let (g, limits) = (graceful.clone(), limits.clone());
+        side_tasks.push(tokio::spawn(async move {
+            accept_loop(peer_api, l, &g, Listener::Peers, None, limits).await
+        }));
+    }
     tokio::select! {
-        _ = accept_loop(api.clone(), listener, &graceful, Listener::Api, tls, limits) => {}
+        _ = accept_loop(api.clone(), listeners.api, &graceful, Listener::Api, listeners.tls, limits) => {}
         _ = shutdown => {}
     }
-    if let Some(t) = scrubber {
+    for t in scrubber.into_iter().chain(membership) {
         t.abort();
     }
-    if let Some(t) = metrics_task {
+    for t in side_tasks {
         t.abort();
         // Wait for it to drop its handle on `graceful`, which we unwrap below.
         let _ = t.await;
@@ -196,10 +223,12 @@ pub async fn serve(
 
 /// What a listener serves. `metrics_listen` is meant for the pod or node
 /// IP (Prometheus), so it must never expose the pull API beyond loopback.
+/// The peer listener serves other nodes (its handler checks their token).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Listener {
     Api,
     MetricsOnly,
+    Peers,
 }
 
 async fn accept_loop(

@@ -1,6 +1,7 @@
-//! One configured upstream: its HTTP client (proxy, CA, timeouts, redirect
-//! and address guards), its credentials, and the health that decides
-//! whether it is tried at all.
+//! One upstream: a configured one (its HTTP client with proxy, CA,
+//! timeouts, redirect and address guards, and its credentials) or another
+//! node's peer listener; and the health that decides whether it is tried
+//! at all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,18 +21,43 @@ use crate::config::{self, BreakerPolicy, Timeouts};
 use crate::metrics::Metrics;
 use crate::oci::media;
 
+/// What an upstream client talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// One of a registry's configured upstreams (the WAN side).
+    Upstream,
+    /// Another node's tender, on its peer listener. A peer that sends no
+    /// response headers within `patience` must show it is alive (answer
+    /// `/healthz` within the rest of it) or it counts as down: an owner
+    /// still waiting on its own slow upstream is waited for, a hung one is
+    /// not.
+    Peer { patience: Duration },
+}
+
+/// How requests are authenticated.
+enum Authn {
+    /// A registry's: its credentials, Basic or Bearer tokens by scope.
+    Registry(Auth),
+    /// The same header on every request (a peer's shared token).
+    Fixed(HeaderValue),
+}
+
 pub struct UpstreamClient {
     pub registry: String,
     /// Base URL, e.g. `https://registry-1.docker.io`; also the metrics label.
     pub url: String,
     host: String,
     prefix: Option<String>,
+    /// Appended to every request: a peer learns the registry from `ns`.
+    query: Option<String>,
     http: reqwest::Client,
-    auth: Auth,
+    auth: Authn,
     pub timeouts: Timeouts,
-    pub health: Health,
+    /// Shared by every registry's client of one peer.
+    pub health: Arc<Health>,
     /// A client's credentials may be sent here to check them.
     pub forwards_client_credentials: bool,
+    pub role: Role,
     metrics: Arc<Metrics>,
 }
 
@@ -91,19 +117,73 @@ impl UpstreamClient {
             url: cfg.url.clone(),
             host,
             prefix: cfg.repository_prefix.clone(),
+            query: None,
             http,
-            auth: Auth::new(creds),
+            auth: Authn::Registry(Auth::new(creds)),
             forwards_client_credentials: cfg.forward_client_credentials,
+            role: Role::Upstream,
             timeouts,
-            health: Health::new(
+            health: Arc::new(Health::new(
                 breaker,
                 metrics
                     .upstream_circuit_open
                     .with_label_values(&[registry, &cfg.url]),
                 format!("{registry} {}", cfg.url),
-            ),
+            )),
             metrics,
         })
+    }
+
+    /// A client for `registry`'s content on the peer at `url` (normalised),
+    /// sharing that peer's connection pool and health with its other
+    /// registries' clients; every request carries the cluster's `token`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn peer(
+        url: &str,
+        registry: &str,
+        http: reqwest::Client,
+        health: Arc<Health>,
+        token: HeaderValue,
+        timeouts: Timeouts,
+        patience: Duration,
+        metrics: Arc<Metrics>,
+    ) -> UpstreamClient {
+        UpstreamClient {
+            registry: registry.to_string(),
+            url: url.to_string(),
+            host: String::new(),
+            prefix: None,
+            query: Some(format!("ns={registry}")),
+            http,
+            auth: Authn::Fixed(token),
+            forwards_client_credentials: false,
+            role: Role::Peer { patience },
+            timeouts,
+            health,
+            metrics,
+        }
+    }
+
+    /// `base/v2/<repo path>/<suffix>`, with this client's query.
+    fn url_for(&self, repo_path: &str, suffix: &str) -> String {
+        let mut url = format!("{}/v2/{}/{}", self.url, repo_path, suffix);
+        if let Some(q) = &self.query {
+            url.push(if suffix.contains('?') { '&' } else { '?' });
+            url.push_str(q);
+        }
+        url
+    }
+
+    /// The counter of body bytes received from here: a peer's count as
+    /// peer traffic, not as upstream (WAN) traffic.
+    pub fn bytes_counter(&self) -> prometheus::IntCounter {
+        match self.role {
+            Role::Upstream => self
+                .metrics
+                .upstream_bytes
+                .with_label_values(&[&self.registry, &self.url]),
+            Role::Peer { .. } => self.metrics.peer_bytes.with_label_values(&["fetched"]),
+        }
     }
 
     /// The repository name as this upstream knows it.
@@ -126,15 +206,14 @@ impl UpstreamClient {
     ) -> Result<reqwest::Response, AttemptError> {
         let res = async {
             let repo_path = self.repo_path(repo);
-            let url = format!("{}/v2/{}/{}", self.url, repo_path, suffix);
+            let url = self.url_for(&repo_path, suffix);
             let scope = format!("repository:{repo_path}:pull");
+            let first = match &self.auth {
+                Authn::Registry(a) => a.cached(&scope),
+                Authn::Fixed(h) => Some(h.clone()),
+            };
             let mut resp = self
-                .send_once(
-                    method.clone(),
-                    &url,
-                    headers.clone(),
-                    self.auth.cached(&scope),
-                )
+                .send_once(method.clone(), &url, headers.clone(), first)
                 .await?;
             if resp.status() == StatusCode::UNAUTHORIZED {
                 let auth = self.answer(&resp, &scope, Bearer::Node).await?;
@@ -191,7 +270,7 @@ impl UpstreamClient {
         }
         let started = Instant::now();
         let fut = self.http.request(method, url).headers(headers).send();
-        let res = tokio::time::timeout(self.timeouts.header, fut).await;
+        let res = self.await_headers(fut).await;
         let (out, status_label) = match res {
             Err(_) => (
                 Err(AttemptError::Timeout("response headers")),
@@ -212,15 +291,59 @@ impl UpstreamClient {
                 (Ok(r), label)
             }
         };
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[&self.registry, &self.url, &status_label])
-            .inc();
-        self.metrics
-            .upstream_latency
-            .with_label_values(&[&self.registry, &self.url])
-            .observe(started.elapsed().as_secs_f64());
+        match self.role {
+            Role::Upstream => {
+                self.metrics
+                    .upstream_requests
+                    .with_label_values(&[&self.registry, &self.url, &status_label])
+                    .inc();
+                self.metrics
+                    .upstream_latency
+                    .with_label_values(&[&self.registry, &self.url])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Role::Peer { .. } => self
+                .metrics
+                .peer_requests
+                .with_label_values(&["fetched", &status_label])
+                .inc(),
+        }
         out
+    }
+
+    /// Waits for a response's headers: up to the header timeout from an
+    /// upstream; from a peer, as long as it shows it is alive (see
+    /// [`Role::Peer`]). `Err` when the wait is over.
+    async fn await_headers<F>(&self, fut: F) -> Result<reqwest::Result<reqwest::Response>, ()>
+    where
+        F: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+    {
+        let header = self.timeouts.header;
+        let Role::Peer { patience } = self.role else {
+            return tokio::time::timeout(header, fut).await.map_err(|_| ());
+        };
+        tokio::pin!(fut);
+        let half = patience / 2;
+        if let Ok(r) = tokio::time::timeout(half, &mut fut).await {
+            return Ok(r);
+        }
+        let probe = self
+            .http
+            .get(format!("{}/healthz", self.url))
+            .timeout(patience - half)
+            .send();
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            p = probe => {
+                if !p.is_ok_and(|r| r.status().is_success()) {
+                    tracing::info!(peer = %self.url, ?patience, "peer sent no headers and no sign of life");
+                    return Err(());
+                }
+            }
+        }
+        tokio::time::timeout(header.saturating_sub(patience), fut)
+            .await
+            .map_err(|_| ())
     }
 
     /// Whether a client may read `suffix` (`manifests/<ref>`, `blobs/<digest>`
@@ -237,7 +360,7 @@ impl UpstreamClient {
         client_auth: Option<&HeaderValue>,
     ) -> Result<(), AttemptError> {
         let repo_path = self.repo_path(repo);
-        let url = format!("{}/v2/{}/{}", self.url, repo_path, suffix);
+        let url = self.url_for(&repo_path, suffix);
         let scope = format!("repository:{repo_path}:pull");
         // Registries answer tags/list to GET only.
         let method = if suffix.starts_with("tags/") {
@@ -295,15 +418,18 @@ impl UpstreamClient {
         scope: &str,
         who: Bearer<'_>,
     ) -> Result<Option<HeaderValue>, AttemptError> {
+        // A peer that refuses the cluster token is refused, not negotiated with.
+        let Authn::Registry(auth) = &self.auth else {
+            return Ok(None);
+        };
         Ok(match first_challenge(resp) {
             Some(Challenge::Bearer { realm, service, .. }) => Some(
-                self.auth
-                    .fetch_token(&self.token_origin(), &realm, service.as_deref(), scope, who)
+                auth.fetch_token(&self.token_origin(), &realm, service.as_deref(), scope, who)
                     .await?,
             ),
             Some(Challenge::Basic) => match who {
                 Bearer::Client(c) => Some(c.clone()),
-                Bearer::Node => self.auth.use_basic(),
+                Bearer::Node => auth.use_basic(),
                 Bearer::Anonymous => None,
             },
             None => None,
@@ -326,7 +452,10 @@ impl UpstreamClient {
 
     /// Tokens this upstream holds now.
     pub fn token_count(&self) -> u64 {
-        self.auth.token_count()
+        match &self.auth {
+            Authn::Registry(a) => a.token_count(),
+            Authn::Fixed(_) => 0,
+        }
     }
 }
 

@@ -15,7 +15,6 @@ use prometheus::IntGauge;
 
 use crate::config::BreakerPolicy;
 
-const MAX_COOLDOWN: Duration = Duration::from_secs(300);
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(10);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -89,13 +88,19 @@ impl Health {
         self.open_gauge.set(0);
     }
 
+    /// Whether the breaker is open now (the upstream is being skipped, or
+    /// is down to one probe at a time).
+    pub fn is_open(&self) -> bool {
+        self.lock().open_until.is_some()
+    }
+
     /// The upstream failed: refused, timed out, 5xx, or broke a body.
     pub fn failure(&self) {
         let now = Instant::now();
         let mut s = self.lock();
         s.consecutive = s.consecutive.saturating_add(1);
         if s.probe_started.take().is_some() && s.open_until.is_some() {
-            s.cooldown = (s.cooldown * 2).min(MAX_COOLDOWN);
+            s.cooldown = (s.cooldown * 2).min(self.policy.max_cooldown);
             s.open_until = Some(now + s.cooldown);
             tracing::warn!(upstream = %self.name, cooldown = ?s.cooldown, "probe failed; circuit stays open");
         } else if s.open_until.is_none() && s.consecutive >= self.policy.failures {
@@ -126,6 +131,7 @@ mod tests {
             BreakerPolicy {
                 failures,
                 cooldown: Duration::from_millis(cooldown_ms),
+                max_cooldown: Duration::from_secs(300),
             },
             g,
             "u".into(),

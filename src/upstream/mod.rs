@@ -1,7 +1,10 @@
 //! The upstreams of each registry: an ordered list that every request walks
 //! until one answers. The walk's outcome ([`UpstreamError`]) tells "unknown
 //! everywhere" from "nobody could answer"; one upstream's failure
-//! ([`AttemptError`]) only moves the walk on.
+//! ([`AttemptError`]) only moves the walk on. In a cluster, the peers that
+//! outrank this node for a key go first ([`Upstreams::behind_peers`]): a
+//! peer is just one more upstream, except that only the registry's own
+//! upstreams give the walk its verdict.
 //!
 //! - `client`: one upstream (HTTP client, proxy, CA, timeouts) and its requests;
 //! - `token`, `auth`: credentials, Bearer tokens, `WWW-Authenticate`;
@@ -25,7 +28,7 @@ use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, RANGE};
 use reqwest::Method;
 
 pub use body::error_chain;
-pub use client::UpstreamClient;
+pub use client::{Role, UpstreamClient};
 
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
@@ -100,6 +103,8 @@ impl AttemptError {
 }
 
 /// What a walk saw, summarised into its verdict when no upstream succeeded.
+/// Only the registry's own upstreams count toward it: a peer that is down
+/// must not turn an upstream's "not found" into "unavailable".
 #[derive(Default)]
 struct Walk {
     not_found: usize,
@@ -111,6 +116,11 @@ struct Walk {
 
 impl Walk {
     fn record(&mut self, up: &UpstreamClient, e: &AttemptError) {
+        if up.role != Role::Upstream {
+            tracing::info!(registry = %up.registry, peer = %up.url, error = %e, "peer failed; trying the next");
+            self.failures.push(format!("peer {}: {e}", up.url));
+            return;
+        }
         self.tried += 1;
         if e.is_not_found() {
             self.not_found += 1;
@@ -129,6 +139,9 @@ impl Walk {
 
     /// An upstream skipped because its breaker is open or it asked us to back off.
     fn skip(&mut self, up: &UpstreamClient) {
+        if up.role != Role::Upstream {
+            return; // a peer known to be down costs nothing, not even a word
+        }
         self.tried += 1;
         self.failures.push(format!(
             "{}: skipped (circuit open or rate-limited)",
@@ -138,8 +151,10 @@ impl Walk {
 
     fn finish(self) -> UpstreamError {
         let summary = self.failures.join("; ");
-        if self.tried == 0 {
+        if self.tried == 0 && summary.is_empty() {
             UpstreamError::Unavailable("no upstream configured".into())
+        } else if self.tried == 0 {
+            UpstreamError::Unavailable(summary)
         } else if self.not_found == self.tried {
             UpstreamError::NotFound
         } else if self.denied == self.tried {
@@ -157,6 +172,8 @@ pub struct FetchedManifest {
     pub bytes: Bytes,
     pub media_type: String,
     pub digest: Digest,
+    /// A peer served it.
+    pub from_peer: bool,
 }
 
 /// A blob body from one upstream, positioned so that its next byte is the
@@ -178,6 +195,8 @@ pub struct Upstreams {
     /// Check a client's credentials upstream before serving it (AlwaysVerify).
     pub verify_client_credentials: bool,
     clients: Vec<Arc<UpstreamClient>>,
+    /// How many of `clients`, at the front, are peers.
+    peers: usize,
 }
 
 impl Upstreams {
@@ -204,7 +223,27 @@ impl Upstreams {
             host: reg.host.clone(),
             verify_client_credentials: reg.verify_client_credentials,
             clients,
+            peers: 0,
         })
+    }
+
+    /// These upstreams with `peers` (clients of this registry on other
+    /// nodes, in the order to ask them) in front.
+    pub fn behind_peers(&self, peers: Vec<Arc<UpstreamClient>>) -> Upstreams {
+        let n = peers.len();
+        let mut clients = peers;
+        clients.extend(self.clients[self.peers..].iter().cloned());
+        Upstreams {
+            host: self.host.clone(),
+            verify_client_credentials: self.verify_client_credentials,
+            clients,
+            peers: n,
+        }
+    }
+
+    /// Whether peers are asked before the registry's own upstreams.
+    pub fn is_peered(&self) -> bool {
+        self.peers > 0
     }
 
     pub fn len(&self) -> usize {
@@ -319,6 +358,7 @@ impl Upstreams {
             let claimed = header_digest(resp.headers());
             let bytes =
                 body::read_limited(resp, media::MAX_MANIFEST_SIZE, up.timeouts.stall).await?;
+            up.bytes_counter().inc_by(bytes.len() as u64);
             let actual = Digest::of(&bytes);
             if let Some(expected) = expect.copied().or(claimed) {
                 if expected != actual {
@@ -331,6 +371,7 @@ impl Upstreams {
                 bytes,
                 media_type,
                 digest: actual,
+                from_peer: up.role != Role::Upstream,
             })
         })
         .await

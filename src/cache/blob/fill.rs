@@ -15,14 +15,14 @@ use crate::cache::inflight::Leader;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Hasher};
 use crate::store::{Kind, NoRoom, Store, TempFile};
-use crate::upstream::{error_chain, UpstreamError, Upstreams};
+use crate::upstream::{error_chain, Role, UpstreamError, Upstreams};
 
 /// The fill publishes progress at least this often while bytes arrive ...
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(2);
 /// ... or whenever this much is buffered.
 const PUBLISH_BYTES: usize = 256 << 10;
 
-type FillLeader = Leader<Digest, FillState>;
+type FillLeader = Leader<super::FillKey, FillState>;
 
 /// Starts the fill task for the digest `leader` holds. It runs detached:
 /// no client's disconnect cancels it; however it ends, its key is freed
@@ -37,7 +37,7 @@ pub fn start(
     metrics.inflight_fetches.inc();
     tokio::spawn(async move {
         let _gauge = GaugeGuard(metrics.clone());
-        let digest = *leader.key();
+        let digest = leader.key().0;
         let fill = FillTask {
             leader: &leader,
             store: &store,
@@ -162,6 +162,7 @@ impl FillTask<'_> {
             written: 0,
         };
         self.leader.publish(|s| {
+            s.from_peer = br.upstream.role != Role::Upstream;
             s.phase = Phase::Streaming {
                 total,
                 file: reader.clone(),
@@ -171,10 +172,7 @@ impl FillTask<'_> {
         let stall = br.upstream.timeouts.stall;
         let mut resumes = 0;
         let mut resumed_at = 0u64;
-        let mut upstream_bytes = self
-            .metrics
-            .upstream_bytes
-            .with_label_values(&[&self.ups.host, &br.upstream.url]);
+        let mut upstream_bytes = br.upstream.bytes_counter();
         let mut batch = BytesMut::new();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -218,6 +216,12 @@ impl FillTask<'_> {
                     resumed_at = here;
                     resumes += 1;
                     br.upstream.health.failure();
+                    if br.upstream.role != Role::Upstream {
+                        self.metrics
+                            .peer_requests
+                            .with_label_values(&["fetched", "broken_body"])
+                            .inc();
+                    }
                     if resumes > self.ups.len() + 1 {
                         return Err(FillError::Fetch(UpstreamError::Unavailable(format!(
                             "{}: {why}; gave up after {} resumes",
@@ -243,10 +247,7 @@ impl FillTask<'_> {
                         }
                     }
                     br = next;
-                    upstream_bytes = self
-                        .metrics
-                        .upstream_bytes
-                        .with_label_values(&[&self.ups.host, &br.upstream.url]);
+                    upstream_bytes = br.upstream.bytes_counter();
                     continue;
                 }
             };

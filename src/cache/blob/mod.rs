@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use super::inflight::{Claim, InFlight, Interrupted};
-use super::{CacheError, Outcome};
+use super::{CacheError, Outcome, Via};
 use crate::metrics::Metrics;
 use crate::oci::Digest;
 use crate::store::Store;
@@ -73,7 +73,15 @@ pub struct FillState {
     /// The registry and repository the fill fetches under: a "not found"
     /// there says nothing about another repository.
     pub fetched_as: Arc<(String, String)>,
+    /// The bytes come from a peer (set when they start to flow).
+    pub from_peer: bool,
 }
+
+/// Fills are keyed by digest and by whether they walk peers first: a node
+/// that answers a peer as owner never joins a fill of its own that is
+/// waiting on a peer (two nodes that disagree on the owner for a moment
+/// would otherwise wait on each other).
+type FillKey = (Digest, bool);
 
 /// A handle on one fill's progress.
 #[derive(Clone)]
@@ -99,6 +107,10 @@ impl Fill {
 
     fn is_complete(&self) -> bool {
         matches!(self.state.borrow().phase, Phase::Complete { .. })
+    }
+
+    fn is_from_peer(&self) -> bool {
+        self.state.borrow().from_peer
     }
 
     /// Waits until the upstream answered: `Ok(total)` once bytes flow (or the
@@ -168,6 +180,8 @@ pub struct Blob {
     /// upstream sent no length).
     pub size: Option<u64>,
     pub outcome: Outcome,
+    /// Fetched from a peer (a miss or a coalesced request).
+    pub from_peer: bool,
     source: Source,
 }
 
@@ -199,7 +213,7 @@ impl Blob {
 
 pub struct Blobs {
     store: Arc<Store>,
-    fills: Arc<InFlight<Digest, FillState>>,
+    fills: Arc<InFlight<FillKey, FillState>>,
     metrics: Arc<Metrics>,
 }
 
@@ -241,20 +255,24 @@ impl Blobs {
         }
     }
 
-    /// A blob for GET: from the store, or joining (or starting) its fill.
+    /// A blob for GET: from the store, or joining (or starting) its fill,
+    /// which fetches `via` the cluster or straight from `ups`.
     pub async fn get(
         &self,
         ups: &Arc<Upstreams>,
         repo: &str,
         digest: Digest,
+        via: Via<'_>,
     ) -> Result<Blob, CacheError> {
         if let Some((file, size)) = self.open_stored(digest).await? {
             return Ok(Blob {
                 size: Some(size),
                 outcome: Outcome::Hit,
+                from_peer: false,
                 source: Source::Stored(Arc::new(file), self.evict(digest)),
             });
         }
+        let ups = &via.upstreams(ups, digest.to_string().as_bytes());
         let (mut fill, mut leader) = self.join_or_start(ups, repo, digest);
         let mut started = fill.started().await;
         // Joined a fill for another repository or registry that could not
@@ -284,12 +302,14 @@ impl Blobs {
             return Ok(Blob {
                 size,
                 outcome,
+                from_peer: fill.is_from_peer(),
                 source: Source::Empty,
             });
         }
         Ok(Blob {
             size,
             outcome,
+            from_peer: fill.is_from_peer(),
             source: Source::Filling {
                 fill,
                 ups: ups.clone(),
@@ -299,21 +319,26 @@ impl Blobs {
     }
 
     /// A blob's size for HEAD, without downloading it: from the store, a
-    /// fill under way, or an upstream HEAD.
+    /// fill under way, or a HEAD `via` the cluster or to `ups`.
     pub async fn head(
         &self,
         ups: &Arc<Upstreams>,
         repo: &str,
         digest: Digest,
+        via: Via<'_>,
     ) -> Result<(Option<u64>, Outcome), CacheError> {
         if let Some((_, size)) = self.open_stored(digest).await? {
             return Ok((Some(size), Outcome::Hit));
         }
-        let filling = self.fills.peek(&digest).map(|state| Fill { digest, state });
-        if let Some(size) = filling.and_then(|f| f.known_size()) {
+        let known = [false, true]
+            .into_iter()
+            .filter_map(|peered| self.fills.peek(&(digest, peered)))
+            .find_map(|state| Fill { digest, state }.known_size());
+        if let Some(size) = known {
             return Ok((Some(size), Outcome::Coalesced));
         }
-        let size = ups
+        let size = via
+            .upstreams(ups, digest.to_string().as_bytes())
             .head_blob(repo, &digest)
             .await
             .map_err(CacheError::blob)?;
@@ -324,11 +349,12 @@ impl Blobs {
     /// `repo`. Returns the fill and whether this call started it.
     fn join_or_start(&self, ups: &Arc<Upstreams>, repo: &str, digest: Digest) -> (Fill, bool) {
         let claim = self.fills.claim(
-            digest,
+            (digest, ups.is_peered()),
             || FillState {
                 written: 0,
                 phase: Phase::Connecting,
                 fetched_as: Arc::new((ups.host.clone(), repo.to_string())),
+                from_peer: false,
             },
             // A failed fill lingers until its task cleans up; never join it.
             |s| !matches!(s.phase, Phase::Failed(_)),
