@@ -24,6 +24,7 @@ use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RANGE};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::cache::{Cache, Caller, Outcome};
+use crate::cluster::PEER_HEADER;
 use crate::metrics::Metrics;
 use crate::oci::{Digest, Reference};
 use crate::upstream::Upstreams;
@@ -74,6 +75,15 @@ impl Api {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The metrics in Prometheus text format, with the gauges that are
+    /// computed when scraped brought up to date.
+    pub fn render_metrics(&self) -> Vec<u8> {
+        if let Some(c) = self.cache.cluster() {
+            self.metrics.peers.set(c.live_peers() as i64);
+        }
+        self.metrics.render()
     }
 
     /// Answers one request. Never fails: errors become OCI error responses.
@@ -152,10 +162,7 @@ impl Api {
         let (name, kind) = match &route {
             Route::Base => return Ok(json_response(Bytes::from_static(b"{}"), head)),
             Route::Metrics => {
-                if let Some(c) = self.cache.cluster() {
-                    self.metrics.peers.set(c.live_peers() as i64);
-                }
-                let mut r = Response::new(ResponseBody::full(self.metrics.render()));
+                let mut r = Response::new(ResponseBody::full(self.render_metrics()));
                 r.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -187,7 +194,10 @@ impl Api {
         let ups = self.cache.registry(ns.as_deref())?;
         info.registry = ups.host.clone();
         let caller = if self.for_peers {
-            Caller::Peer
+            let from = req.headers().get(PEER_HEADER);
+            Caller::Peer {
+                from: from.and_then(|v| v.to_str().ok()),
+            }
         } else {
             Caller::Client(req.headers().get(AUTHORIZATION))
         };

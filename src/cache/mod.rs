@@ -128,23 +128,34 @@ pub enum Caller<'a> {
     /// cluster.
     Client(Option<&'a HeaderValue>),
     /// Another node, on the peer listener (admitted by the cluster token,
-    /// which vouches that it checked its own client). Answered as owner:
-    /// from the cache or this node's own upstreams, never another peer.
-    Peer,
+    /// which vouches that it checked its own client), naming itself if it
+    /// did. Answered as owner: from the cache or this node's own upstreams,
+    /// never another peer.
+    Peer { from: Option<&'a str> },
 }
 
 /// Where a miss is fetched from: through the cluster (the peers that own
-/// its key first), or only from the registry's own upstreams.
+/// its key first), or only from the registry's own upstreams; and, for a
+/// peer's request, which node asked.
 #[derive(Clone, Copy)]
-pub struct Via<'a>(Option<&'a Cluster>);
+pub struct Via<'a> {
+    cluster: Option<&'a Cluster>,
+    requester: Option<&'a str>,
+}
 
 impl Via<'_> {
     /// The upstreams a miss for `key` walks.
     pub fn upstreams(self, ups: &Arc<Upstreams>, key: &[u8]) -> Arc<Upstreams> {
-        match self.0 {
+        match self.cluster {
             Some(cluster) => cluster.route(ups, key),
             None => ups.clone(),
         }
+    }
+
+    /// Whether work that asks `peers` may answer this request: not if the
+    /// peer that asked is among them (it would wait on itself).
+    pub fn may_wait_on(self, peers: &[String]) -> bool {
+        self.requester.is_none_or(|r| !peers.iter().any(|p| p == r))
     }
 }
 
@@ -210,10 +221,16 @@ impl Cache {
         self.cluster.as_ref()
     }
 
-    fn via(&self, caller: Caller<'_>) -> Via<'_> {
+    fn via<'a>(&'a self, caller: Caller<'a>) -> Via<'a> {
         match caller {
-            Caller::Client(_) => Via(self.cluster.as_deref()),
-            Caller::Peer => Via(None),
+            Caller::Client(_) => Via {
+                cluster: self.cluster.as_deref(),
+                requester: None,
+            },
+            Caller::Peer { from } => Via {
+                cluster: None,
+                requester: from,
+            },
         }
     }
 
@@ -227,7 +244,7 @@ impl Cache {
     ) -> Result<(), CacheError> {
         match caller {
             Caller::Client(credentials) => self.access.check(ups, repo, suffix, credentials).await,
-            Caller::Peer => Ok(()),
+            Caller::Peer { .. } => Ok(()),
         }
     }
 

@@ -29,6 +29,10 @@ use crate::upstream::Upstreams;
 pub use membership::run as run_membership;
 use peer::{Peer, PeerSettings};
 
+/// The header in which a node names itself (its `advertise` URL) on every
+/// request to a peer.
+pub const PEER_HEADER: &str = "tender-peer";
+
 /// Members known at once; a DNS answer with more is cut (and said so).
 pub const MAX_MEMBERS: usize = 4096;
 
@@ -100,6 +104,7 @@ impl Cluster {
             me: config.advertise.clone(),
             expected: header.into_bytes(),
             settings: PeerSettings {
+                me: config.advertise.clone(),
                 token: value,
                 patience: config.peer_timeout,
                 timeouts: peer_timeouts,

@@ -21,6 +21,8 @@ const MAX_COOLDOWN: Duration = Duration::from_secs(60);
 
 /// What every peer client shares.
 pub struct PeerSettings {
+    /// This node's URL, sent in [`super::PEER_HEADER`].
+    pub me: String,
     pub token: HeaderValue,
     /// Connect timeout, and the time a peer has to answer or show it is alive.
     pub patience: Duration,
@@ -42,7 +44,12 @@ impl Peer {
     pub fn new(url: &str, settings: &PeerSettings) -> Result<Peer, reqwest::Error> {
         // Peers are addressed by IP on the node network: no proxy, no
         // redirects (a peer answers, it does not send us elsewhere).
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(me) = HeaderValue::from_str(&settings.me) {
+            headers.insert(super::PEER_HEADER, me);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .no_proxy()
             .connect_timeout(settings.patience)
             .redirect(reqwest::redirect::Policy::none())

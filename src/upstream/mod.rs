@@ -246,6 +246,14 @@ impl Upstreams {
         self.peers > 0
     }
 
+    /// The URLs of the peers asked first.
+    pub fn peer_urls(&self) -> Vec<String> {
+        self.clients[..self.peers]
+            .iter()
+            .map(|c| c.url.clone())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.clients.len()
     }

@@ -98,7 +98,7 @@ impl Daemon {
     }
 
     pub fn metric(&self, sample: &str) -> f64 {
-        let text = String::from_utf8(self.api().metrics().render()).unwrap();
+        let text = String::from_utf8(self.api().render_metrics()).unwrap();
         crate::tender::metric_value(&text, sample)
     }
 }

@@ -8,20 +8,26 @@
 //!   Debian (distribution 2.8, containerd + ctr, skopeo) and OCI images
 //!   generated for them;
 //! - [`faulty`]: upstreams dead below HTTP (refusing, stalling);
+//! - [`cluster`]: node configs for the cluster tier;
+//! - [`netns`], [`dns`]: network namespaces with shaped links, and a real
+//!   dnsmasq, for multi-node (cluster) tests;
 //! - [`process`], [`http`], [`certs`], [`rng`]: tools, temp dirs, a blocking
 //!   HTTP client, test certificates, the one seeded PRNG;
 //! - [`bench`]: wrk, nginx and RSS helpers for the benches.
 //!
-//! Everything listens on 127.0.0.1 only.
+//! Everything listens on loopback, or in network namespaces the tests make.
 
 pub mod bench;
 pub mod certs;
+pub mod cluster;
 pub mod containerd;
 pub mod daemon;
+pub mod dns;
 pub mod fake;
 pub mod faulty;
 pub mod http;
 pub mod image;
+pub mod netns;
 pub mod process;
 pub mod registry;
 pub mod rng;

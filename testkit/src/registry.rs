@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::http::http_get;
+use crate::netns::Netns;
 use crate::process::{free_port, require_tools, tail_file, wait_until};
 
 /// One request as seen in the registry's access log.
@@ -20,12 +21,16 @@ pub struct LoggedRequest {
     /// Request URI as sent (path + query).
     pub uri: String,
     pub status: u16,
+    /// Body bytes sent.
+    pub bytes: u64,
 }
 
 /// A real `docker-registry` on 127.0.0.1:<port>, filesystem storage under `dir/data`, config in
 /// `dir/config.yml`, log (JSON app log + combined-format access log) in `dir/registry.log`.
 /// Drop kills it.
 pub struct Registry {
+    /// The address it listens on (127.0.0.1 unless started elsewhere).
+    pub ip: String,
     pub port: u16,
     pub dir: PathBuf,
     pub log_path: PathBuf,
@@ -76,18 +81,31 @@ impl Registry {
 
     /// `extra_yaml` is appended to the generated config (top-level keys).
     pub fn start_with(dir: &Path, extra_yaml: &str) -> Registry {
+        Self::start_at(dir, extra_yaml, None)
+    }
+
+    /// A plain storage registry inside `netns`, on its veth address: the
+    /// host reaches it over that link (shape it for a WAN).
+    pub fn start_in(dir: &Path, netns: &Netns) -> Registry {
+        Self::start_at(dir, "", Some(netns))
+    }
+
+    fn start_at(dir: &Path, extra_yaml: &str, netns: Option<&Netns>) -> Registry {
         require_tools(&["docker-registry"]);
         fs::create_dir_all(dir.join("data")).unwrap();
         let log_path = dir.join("registry.log");
         let mut last_err = String::new();
         for _attempt in 0..5 {
-            let port = free_port();
+            let (ip, port) = match netns {
+                Some(ns) => (ns.ns_ip.to_string(), 5000),
+                None => ("127.0.0.1".to_string(), free_port()),
+            };
             let cfg = format!(
                 "version: 0.1\n\
                  log:\n  level: info\n  formatter: json\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n  \
                  maintenance:\n    uploadpurging:\n      enabled: false\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: realparts-not-secret\n\
+                 http:\n  addr: {ip}:{port}\n  secret: realparts-not-secret\n\
                  {extra_yaml}",
                 data = dir.join("data").display()
             );
@@ -98,7 +116,11 @@ impl Registry {
                 .append(true)
                 .open(&log_path)
                 .unwrap();
-            let child = Command::new("docker-registry")
+            let mut cmd = match netns {
+                Some(ns) => ns.command("docker-registry"),
+                None => Command::new("docker-registry"),
+            };
+            let child = cmd
                 .arg("serve")
                 .arg(dir.join("config.yml"))
                 .stdin(Stdio::null())
@@ -107,6 +129,7 @@ impl Registry {
                 .spawn()
                 .expect("spawn docker-registry");
             let mut reg = Registry {
+                ip: ip.clone(),
                 port,
                 dir: dir.to_path_buf(),
                 log_path: log_path.clone(),
@@ -117,7 +140,7 @@ impl Registry {
                     return true;
                 }
                 // 401: up, with authentication configured.
-                matches!(http_get(&format!("http://127.0.0.1:{port}/v2/")), Ok(r) if r.status == 200 || r.status == 401)
+                matches!(http_get(&format!("http://{ip}:{port}/v2/")), Ok(r) if r.status == 200 || r.status == 401)
             });
             let exited = matches!(reg.child.as_mut().unwrap().try_wait(), Ok(Some(_)));
             if ready && !exited {
@@ -132,14 +155,14 @@ impl Registry {
         panic!("docker-registry did not start; log tail:\n{last_err}");
     }
 
-    /// "127.0.0.1:PORT"
+    /// "IP:PORT" (127.0.0.1 unless started elsewhere)
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
-    /// "http://127.0.0.1:PORT"
+    /// "http://IP:PORT"
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.host())
     }
 
     /// Wait until the log file has not grown for 150 ms (max 3 s). The access-log line is written just
@@ -220,11 +243,14 @@ fn parse_access_line(line: &str) -> Option<LoggedRequest> {
     if !proto.starts_with("HTTP/") {
         return None;
     }
-    let status = rest[q2 + 1..].split_whitespace().next()?.parse().ok()?;
+    let mut after = rest[q2 + 1..].split_whitespace();
+    let status = after.next()?.parse().ok()?;
+    let bytes = after.next().and_then(|b| b.parse().ok()).unwrap_or(0);
     Some(LoggedRequest {
         method,
         uri,
         status,
+        bytes,
     })
 }
 

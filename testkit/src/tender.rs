@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::http::http_get;
+use crate::netns::Netns;
 use crate::process::{free_port, signal, wait_until};
 
 /// The `tender` binary: `TENDER_BIN`, else the one cargo built beside the
@@ -32,6 +33,9 @@ pub fn binary() -> PathBuf {
 
 pub struct TenderProcess {
     child: Child,
+    /// The address its local listener is on (127.0.0.1 unless started in a
+    /// network namespace).
+    pub host: String,
     pub port: u16,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
@@ -62,13 +66,44 @@ impl TenderProcess {
         port: u16,
         env: &[(&str, &str)],
     ) -> TenderProcess {
+        Self::launch(
+            Command::new(binary()),
+            "127.0.0.1",
+            dir,
+            config_path,
+            port,
+            env,
+        )
+    }
+
+    /// Starts `tender serve --config config_path` inside `netns`, its local
+    /// listener on `host:port` (an address of the namespace the test can
+    /// reach).
+    pub fn start_in_netns(
+        netns: &Netns,
+        host: &str,
+        dir: &Path,
+        config_path: &Path,
+        port: u16,
+    ) -> TenderProcess {
+        Self::launch(netns.command(binary()), host, dir, config_path, port, &[])
+    }
+
+    fn launch(
+        mut cmd: Command,
+        host: &str,
+        dir: &Path,
+        config_path: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> TenderProcess {
         let log_path = dir.join(format!("tender-{port}.log"));
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
-        let child = Command::new(binary())
+        let child = cmd
             .args(["serve", "--config"])
             .arg(config_path)
             .env("TENDER_LOG", "info")
@@ -79,6 +114,7 @@ impl TenderProcess {
             .expect("spawn tender");
         let t = TenderProcess {
             child,
+            host: host.to_string(),
             port,
             config_path: config_path.to_path_buf(),
             log_path,
@@ -96,7 +132,7 @@ impl TenderProcess {
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     pub fn url(&self, path: &str) -> String {

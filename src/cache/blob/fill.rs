@@ -279,6 +279,10 @@ impl FillTask<'_> {
         let actual = sink.hasher.clone().finish();
         if actual != digest {
             self.metrics.integrity_failures.inc();
+            if br.upstream.role != Role::Upstream {
+                // A peer that serves wrong bytes is skipped like a dead one.
+                br.upstream.health.failure();
+            }
             return Err(FillError::Fetch(UpstreamError::Integrity(format!(
                 "{}: digest mismatch: expected {digest}, got {actual}",
                 br.upstream.url

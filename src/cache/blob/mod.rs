@@ -75,12 +75,14 @@ pub struct FillState {
     pub fetched_as: Arc<(String, String)>,
     /// The bytes come from a peer (set when they start to flow).
     pub from_peer: bool,
+    /// The peers the fill asks before the registry's own upstreams.
+    pub asks: Arc<Vec<String>>,
 }
 
-/// Fills are keyed by digest and by whether they walk peers first: a node
-/// that answers a peer as owner never joins a fill of its own that is
-/// waiting on a peer (two nodes that disagree on the owner for a moment
-/// would otherwise wait on each other).
+/// Fills are keyed by digest and by whether they ask peers first. A fill
+/// from the node's own upstreams serves everyone; one that asks peers
+/// serves this node's clients, and peers that it does not ask (two nodes
+/// that disagree on an owner for a moment must not wait on each other).
 type FillKey = (Digest, bool);
 
 /// A handle on one fill's progress.
@@ -273,7 +275,7 @@ impl Blobs {
             });
         }
         let ups = &via.upstreams(ups, digest.to_string().as_bytes());
-        let (mut fill, mut leader) = self.join_or_start(ups, repo, digest);
+        let (mut fill, mut leader) = self.join_or_start(ups, repo, digest, via);
         let mut started = fill.started().await;
         // Joined a fill for another repository or registry that could not
         // find (or may not read) the blob: ask our own upstreams once.
@@ -282,7 +284,7 @@ impl Blobs {
             Err(UpstreamError::NotFound | UpstreamError::Denied(_))
         ) && !fill.fetches_as(&ups.host, repo)
         {
-            (fill, leader) = self.join_or_start(ups, repo, digest);
+            (fill, leader) = self.join_or_start(ups, repo, digest, via);
             started = fill.started().await;
         }
         let outcome = match (leader, fill.is_complete()) {
@@ -345,19 +347,40 @@ impl Blobs {
         Ok((size, Outcome::Miss))
     }
 
-    /// Joins the fill for `digest`, or starts one fetching from `ups` under
-    /// `repo`. Returns the fill and whether this call started it.
-    fn join_or_start(&self, ups: &Arc<Upstreams>, repo: &str, digest: Digest) -> (Fill, bool) {
+    /// Joins a fill for `digest` that may answer this request, or starts
+    /// one fetching from `ups` (which may ask peers first) under `repo`.
+    /// Returns the fill and whether this call started it.
+    fn join_or_start(
+        &self,
+        ups: &Arc<Upstreams>,
+        repo: &str,
+        digest: Digest,
+        via: Via<'_>,
+    ) -> (Fill, bool) {
+        // A failed fill lingers until its task cleans up; never join it.
+        let live = |s: &FillState| !matches!(s.phase, Phase::Failed(_));
+        let own = (digest, false);
+        let peered = (digest, true);
+        if let Some(state) = self.fills.peek(&own).filter(|s| live(&s.borrow())) {
+            return (Fill { digest, state }, false);
+        }
+        if !ups.is_peered() {
+            let may_join = |s: &FillState| live(s) && via.may_wait_on(&s.asks);
+            if let Some(state) = self.fills.peek(&peered).filter(|s| may_join(&s.borrow())) {
+                return (Fill { digest, state }, false);
+            }
+        }
+        let key = if ups.is_peered() { peered } else { own };
         let claim = self.fills.claim(
-            (digest, ups.is_peered()),
+            key,
             || FillState {
                 written: 0,
                 phase: Phase::Connecting,
                 fetched_as: Arc::new((ups.host.clone(), repo.to_string())),
                 from_peer: false,
+                asks: Arc::new(ups.peer_urls()),
             },
-            // A failed fill lingers until its task cleans up; never join it.
-            |s| !matches!(s.phase, Phase::Failed(_)),
+            live,
         );
         match claim {
             Claim::Follower(state) => (Fill { digest, state }, false),
