@@ -27,7 +27,9 @@ impl Dnsmasq {
         require_tools(&["dnsmasq", "getent"]);
         fs::create_dir_all(dir).unwrap();
         let hosts = dir.join("records");
-        fs::write(&hosts, "").unwrap();
+        // Written before dnsmasq starts: a SIGHUP before it sets its
+        // handlers would kill it.
+        fs::write(&hosts, "127.0.0.9 dnsmasq-ready.test\n").unwrap();
         let log = dir.join("dnsmasq.log");
         let child = netns
             .command("dnsmasq")
@@ -57,7 +59,6 @@ impl Dnsmasq {
             child,
             netns: netns.name.clone(),
         };
-        d.set("dnsmasq-ready.test", &[Ipv4Addr::new(127, 0, 0, 9)]);
         let ready = wait_until(Duration::from_secs(10), || {
             d.lookup("dnsmasq-ready.test") == vec![Ipv4Addr::new(127, 0, 0, 9)]
         });
@@ -85,7 +86,9 @@ impl Dnsmasq {
     }
 
     /// What `name` resolves to in the namespace now (getent, through the
-    /// namespace's resolv.conf).
+    /// namespace's resolv.conf; `ahostsv4` asks with AI_ADDRCONFIG, so the
+    /// namespace needs an IPv4 address besides loopback, which
+    /// [`Netns::create`] gives it).
     pub fn lookup(&self, name: &str) -> Vec<Ipv4Addr> {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &self.netns, "getent", "ahostsv4", name])

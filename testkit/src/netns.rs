@@ -106,22 +106,24 @@ impl Netns {
     }
 
     /// Shapes what leaves the namespace over its veth (what a server inside
-    /// sends to the host): `mbit` Mbit/s after `delay_ms` of one-way delay,
-    /// like a WAN link shared by every node behind it.
-    pub fn shape(&self, mbit: u32, delay_ms: u32) {
+    /// sends to the host) to `mbit` Mbit/s, like a WAN link shared by every
+    /// node behind it: a token bucket (`tbf`; kernels without `netem`
+    /// have it too), with a burst of 4 ms of traffic.
+    pub fn shape(&self, mbit: u32) {
+        let burst = (u64::from(mbit) * 1_000_000 / 8 / 250).max(64 << 10);
         run(self.command("tc").args([
             "qdisc",
             "replace",
             "dev",
             &self.ns_if,
             "root",
-            "netem",
-            "delay",
-            &format!("{delay_ms}ms"),
+            "tbf",
             "rate",
             &format!("{mbit}mbit"),
-            "limit",
-            "100000",
+            "burst",
+            &burst.to_string(),
+            "latency",
+            "50ms",
         ]));
     }
 

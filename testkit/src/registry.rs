@@ -6,6 +6,7 @@
 //! `?ns=<registry host>`; distribution ignores it.
 
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,14 @@ use std::time::{Duration, Instant};
 use crate::http::http_get;
 use crate::netns::Netns;
 use crate::process::{free_port, require_tools, tail_file, wait_until};
+
+/// Where a registry listens.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    Loopback,
+    On(Ipv4Addr),
+    Inside(&'a Netns),
+}
 
 /// One request as seen in the registry's access log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,24 +90,31 @@ impl Registry {
 
     /// `extra_yaml` is appended to the generated config (top-level keys).
     pub fn start_with(dir: &Path, extra_yaml: &str) -> Registry {
-        Self::start_at(dir, extra_yaml, None)
+        Self::start_at(dir, extra_yaml, Place::Loopback)
     }
 
     /// A plain storage registry inside `netns`, on its veth address: the
     /// host reaches it over that link (shape it for a WAN).
     pub fn start_in(dir: &Path, netns: &Netns) -> Registry {
-        Self::start_at(dir, "", Some(netns))
+        Self::start_at(dir, "", Place::Inside(netns))
     }
 
-    fn start_at(dir: &Path, extra_yaml: &str, netns: Option<&Netns>) -> Registry {
+    /// A plain storage registry on the host, listening on `ip` (e.g. the
+    /// host's end of a namespace's link, for processes inside it).
+    pub fn start_on(dir: &Path, ip: Ipv4Addr) -> Registry {
+        Self::start_at(dir, "", Place::On(ip))
+    }
+
+    fn start_at(dir: &Path, extra_yaml: &str, place: Place) -> Registry {
         require_tools(&["docker-registry"]);
         fs::create_dir_all(dir.join("data")).unwrap();
         let log_path = dir.join("registry.log");
         let mut last_err = String::new();
         for _attempt in 0..5 {
-            let (ip, port) = match netns {
-                Some(ns) => (ns.ns_ip.to_string(), 5000),
-                None => ("127.0.0.1".to_string(), free_port()),
+            let (ip, port) = match place {
+                Place::Inside(ns) => (ns.ns_ip.to_string(), 5000),
+                Place::On(ip) => (ip.to_string(), free_port()),
+                Place::Loopback => ("127.0.0.1".to_string(), free_port()),
             };
             let cfg = format!(
                 "version: 0.1\n\
@@ -116,9 +132,9 @@ impl Registry {
                 .append(true)
                 .open(&log_path)
                 .unwrap();
-            let mut cmd = match netns {
-                Some(ns) => ns.command("docker-registry"),
-                None => Command::new("docker-registry"),
+            let mut cmd = match place {
+                Place::Inside(ns) => ns.command("docker-registry"),
+                _ => Command::new("docker-registry"),
             };
             let child = cmd
                 .arg("serve")
