@@ -10,12 +10,12 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use testkit::cluster::{cluster_toml, ranked, token_file};
+use testkit::cluster::{cluster_toml, ranked, token_file, Nodes, Wan};
 use testkit::containerd::{write_hosts_toml, Containerd};
 use testkit::dns::Dnsmasq;
 use testkit::fake::registry_toml;
 use testkit::faulty::{closed_port, StallServer};
-use testkit::image::{make_oci_layout, skopeo_push, TestImage};
+use testkit::image::{make_oci_layout, skopeo_push};
 use testkit::netns::Netns;
 use testkit::process::{free_port, wait_until, TempDir};
 use testkit::pull::pull;
@@ -25,97 +25,16 @@ use testkit::tender::TenderProcess;
 const MIB: u64 = 1 << 20;
 const REF: &str = "docker.io/library/app:v1";
 
-/// The registry behind a WAN of `mbit` Mbit/s, holding `layers` as
-/// `library/app:v1`. Drop order: the registry before its namespace.
-struct Wan {
-    reg: Registry,
-    img: TestImage,
-    _ns: Netns,
-}
-
-fn wan(tmp: &TempDir, mbit: u32, layers: &[u64], seed: u64) -> Wan {
-    let ns = Netns::create();
-    ns.shape(mbit);
-    let reg = Registry::start_in(&tmp.subdir("registry"), &ns);
-    let img = make_oci_layout(&tmp.subdir("layout"), "v1", layers, seed);
-    skopeo_push(&img, &format!("{}/library/app:v1", reg.host()));
-    reg.clear_log();
-    Wan { reg, img, _ns: ns }
-}
-
-impl Wan {
-    /// Body bytes the registry sent, and GETs of each of the image's blobs.
-    fn sent(&self) -> u64 {
-        self.reg.requests_detailed().iter().map(|r| r.bytes).sum()
-    }
-
-    fn blob_digests(&self) -> Vec<String> {
-        let mut v = vec![self.img.config_digest.clone()];
-        v.extend(self.img.layer_digests.iter().cloned());
-        v
-    }
-
-    fn manifest_requests(&self) -> usize {
-        self.reg
-            .requests()
-            .iter()
-            .filter(|(_, uri)| uri.contains("/manifests/"))
-            .count()
-    }
-}
-
-/// `n` nodes peering with each other (and with `extra_peers`), over the
-/// registry at `upstream`.
-struct Nodes {
-    procs: Vec<TenderProcess>,
-    /// Each node's peer URL, in `procs` order.
-    urls: Vec<String>,
-    members: Vec<String>,
-}
-
-fn nodes(tmp: &TempDir, n: usize, upstream: &str, extra_peers: &[String], extra: &str) -> Nodes {
-    let token = token_file(tmp.path());
-    let listens: Vec<String> = (1..=n)
-        .map(|k| format!("127.0.1.{k}:{}", free_port()))
-        .collect();
-    let urls: Vec<String> = listens.iter().map(|l| format!("http://{l}")).collect();
-    let mut members = urls.clone();
-    members.extend(extra_peers.iter().cloned());
-    let procs = listens
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            TenderProcess::start(
-                &tmp.subdir(&format!("node{i}")),
-                &registry_toml("docker.io", true, &[upstream]),
-                &cluster_toml(l, &members, None, &token, extra),
-            )
-        })
-        .collect();
-    Nodes {
-        procs,
-        urls,
-        members,
-    }
-}
-
-fn logs(nodes: &[TenderProcess]) -> String {
-    nodes
-        .iter()
-        .map(|n| format!("--- node {}\n{}", n.base(), n.log()))
-        .collect()
-}
-
 #[test]
 fn a_cold_rollout_on_every_node_crosses_the_wan_once() {
     let tmp = TempDir::new("tender-e2e-rollout");
-    let w = wan(
+    let w = Wan::start(
         &tmp,
         400,
         &[8 * MIB, 6 * MIB, 4 * MIB, 3 * MIB, 2 * MIB, MIB],
         41,
     );
-    let c = nodes(&tmp, 4, &w.reg.url(), &[], "");
+    let c = Nodes::peered(&tmp, 4, &w.reg.url(), &[], "");
     let ctrds: Vec<(Containerd, std::path::PathBuf)> = c
         .procs
         .iter()
@@ -141,7 +60,7 @@ fn a_cold_rollout_on_every_node_crosses_the_wan_once() {
             .collect();
         for p in pulls {
             if let Err(e) = p.join().unwrap() {
-                panic!("a pull failed: {e}\n{}", logs(&c.procs));
+                panic!("a pull failed: {e}\n{}", c.logs());
             }
         }
     });
@@ -171,11 +90,7 @@ fn a_cold_rollout_on_every_node_crosses_the_wan_once() {
         w.img.total_bytes
     );
     // Three of the four nodes took each blob from its owner.
-    let from_peers: f64 = c
-        .procs
-        .iter()
-        .map(|n| n.metric("tender_bytes_served_total{source=\"peer\"}"))
-        .sum();
+    let from_peers = c.metric_sum("tender_bytes_served_total{source=\"peer\"}");
     let blob_bytes = (w.img.total_bytes - w.img.blob(&w.img.manifest_digest).len() as u64) as f64;
     assert!(
         from_peers >= 2.9 * blob_bytes - 1e6 && from_peers <= 3.0 * blob_bytes + 1e5,
@@ -186,8 +101,8 @@ fn a_cold_rollout_on_every_node_crosses_the_wan_once() {
 #[test]
 fn survivors_finish_when_an_owner_is_killed_mid_rollout() {
     let tmp = TempDir::new("tender-e2e-kill");
-    let w = wan(&tmp, 200, &[48 * MIB, 4 * MIB, 2 * MIB], 42);
-    let mut c = nodes(&tmp, 4, &w.reg.url(), &[], "");
+    let w = Wan::start(&tmp, 200, &[48 * MIB, 4 * MIB, 2 * MIB], 42);
+    let mut c = Nodes::peered(&tmp, 4, &w.reg.url(), &[], "");
     let big = &w.img.layer_digests[0];
     let owner = ranked(&c.members, big)[0].to_string();
     let victim = c.urls.iter().position(|u| *u == owner).unwrap();
@@ -205,11 +120,7 @@ fn survivors_finish_when_an_owner_is_killed_mid_rollout() {
         let streaming = wait_until(Duration::from_secs(60), || {
             v.metric("tender_peer_bytes_total{direction=\"served\"}") > (8 * MIB) as f64
         });
-        assert!(
-            streaming,
-            "the owner never served its peers:\n{}",
-            logs(&c.procs)
-        );
+        assert!(streaming, "the owner never served its peers:\n{}", c.logs());
         c.procs[victim].signal("KILL");
         pulls
             .into_iter()
@@ -218,10 +129,7 @@ fn survivors_finish_when_an_owner_is_killed_mid_rollout() {
     });
     for (base, r) in survivors.iter().zip(&results) {
         if let Err(e) = r {
-            panic!(
-                "the client of {base} saw a failure: {e}\n{}",
-                logs(&c.procs)
-            );
+            panic!("the client of {base} saw a failure: {e}\n{}", c.logs());
         }
     }
     let sent = w.sent();
@@ -248,7 +156,7 @@ fn survivors_finish_when_an_owner_is_killed_mid_rollout() {
 #[test]
 fn a_stalled_and_a_refusing_peer_cost_one_timeout_and_no_extra_wan_bytes() {
     let tmp = TempDir::new("tender-e2e-deadpeers");
-    let w = wan(
+    let w = Wan::start(
         &tmp,
         400,
         &[8 * MIB, 6 * MIB, 4 * MIB, 3 * MIB, 2 * MIB, MIB],
@@ -256,7 +164,7 @@ fn a_stalled_and_a_refusing_peer_cost_one_timeout_and_no_extra_wan_bytes() {
     );
     let stalled = StallServer::start();
     let refusing = format!("http://127.0.0.1:{}", closed_port());
-    let c = nodes(
+    let c = Nodes::peered(
         &tmp,
         2,
         &w.reg.url(),
@@ -279,7 +187,7 @@ fn a_stalled_and_a_refusing_peer_cost_one_timeout_and_no_extra_wan_bytes() {
     });
     for r in &results {
         if let Err(e) = r {
-            panic!("a pull failed: {e}\n{}", logs(&c.procs));
+            panic!("a pull failed: {e}\n{}", c.logs());
         }
     }
     for d in w.blob_digests() {
@@ -287,11 +195,8 @@ fn a_stalled_and_a_refusing_peer_cost_one_timeout_and_no_extra_wan_bytes() {
     }
     // Each node waited on the stalled peer once per request in flight when
     // it first stalled, never after its breaker opened.
-    let waits: f64 = c
-        .procs
-        .iter()
-        .map(|n| n.metric("tender_peer_requests_total{direction=\"fetched\",result=\"timeout\"}"))
-        .sum();
+    let waits =
+        c.metric_sum("tender_peer_requests_total{direction=\"fetched\",result=\"timeout\"}");
     let keys = w.blob_digests().len() + 1;
     assert!(waits >= 1.0 && waits <= (2 * keys) as f64, "{waits}");
     let before = stalled.accepted();
