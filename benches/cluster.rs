@@ -64,7 +64,12 @@ fn cpu_busy() -> f64 {
         .filter_map(|x| x.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal ...
-    let busy: f64 = v.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+    let busy: f64 = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
     busy / 100.0
 }
 
@@ -147,8 +152,14 @@ fn rollout(
     CPU.with(|c| c.set(cpu_busy() - cpu0));
     if std::env::var_os("CLUSTER_CPU_DETAIL").is_some() {
         for n in &nodes.procs {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", n.pid())).unwrap_or_default();
-            let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            let stat =
+                std::fs::read_to_string(format!("/proc/{}/stat", n.pid())).unwrap_or_default();
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
             let t: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
                 + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
             eprintln!("  {name}: tender {} used {:.2} CPU-s", n.base(), t / 100.0);

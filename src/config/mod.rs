@@ -360,6 +360,62 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_section_is_checked_whole() {
+        let token = std::env::temp_dir().join(format!("tender-cfg-token-{}", std::process::id()));
+        std::fs::write(&token, "0123456789abcdef\n").unwrap();
+        let ok = format!(
+            r#"
+            [cluster]
+            listen = "127.0.1.1:5051"
+            advertise = "HTTP://127.0.1.1:5051/"
+            peers = ["http://127.0.1.2:5051", "http://[FD00::2]:5051"]
+            peers_dns = "tender-peers.kube-system.svc.cluster.local:5051"
+            token_file = {token:?}
+            [[registry]]
+            host = "docker.io"
+              [[registry.upstream]]
+              url = "https://registry-1.docker.io"
+            "#
+        );
+        let c = Config::parse(&ok, "t").unwrap().cluster.unwrap();
+        assert_eq!(c.advertise, "http://127.0.1.1:5051");
+        assert_eq!(c.peers, ["http://127.0.1.2:5051", "http://[fd00::2]:5051"]);
+        assert_eq!(
+            c.peers_dns,
+            Some(("tender-peers.kube-system.svc.cluster.local".into(), 5051))
+        );
+        assert_eq!(c.peer_timeout, Duration::from_secs(2));
+        let bad = r#"
+            [cluster]
+            listen = "nowhere"
+            advertise = "http://10.0.0.1:5051/v2"
+            peers = ["ftp://x:1"]
+            peers_dns = "no-port"
+            token_file = "/nonexistent/token"
+            peer_timeout = "0s"
+            [[registry]]
+            host = "docker.io"
+              [[registry.upstream]]
+              url = "https://registry-1.docker.io"
+            "#;
+        let err = Config::parse(bad, "t").unwrap_err().to_string();
+        for key in [
+            "cluster.listen:",
+            "cluster.advertise:",
+            "cluster.peers[0]:",
+            "cluster.peers_dns:",
+            "cluster.token_file:",
+            "cluster.peer_timeout:",
+        ] {
+            assert!(err.contains(key), "missing {key} in:\n{err}");
+        }
+        std::fs::write(&token, "short").unwrap();
+        let err = Config::parse(&ok, "t").unwrap_err().to_string();
+        assert!(err.contains("fewer than 16 characters"), "{err}");
+        let _ = std::fs::remove_file(&token);
+    }
+
+    #[test]
     fn listen_addresses_become_local_urls() {
         let url = |a: &str, tls| listen_url(a.parse().unwrap(), tls);
         assert_eq!(url("127.0.0.1:5050", false), "http://127.0.0.1:5050");

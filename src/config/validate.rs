@@ -178,11 +178,82 @@ pub fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
     }
 }
 
+/// `value` with each `${NAME}` replaced by that environment variable; an
+/// IPv6 address is put in brackets (it is followed by a port). A variable
+/// that is not set is a problem.
+fn expand_env(key: &str, value: &str, problems: &mut Problems) -> String {
+    expand_with(value, |name| std::env::var(name).ok()).unwrap_or_else(|why| {
+        problems.push(key, why);
+        value.to_string()
+    })
+}
+
+fn expand_with(value: &str, var: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("{value:?}: unclosed ${{"))?;
+        let name = &after[..end];
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "{value:?}: {name:?} is not an environment variable name"
+            ));
+        }
+        let v = var(name).ok_or_else(|| {
+            format!("{value:?} names the environment variable {name}, which is not set")
+        })?;
+        match v.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => out.push_str(&format!("[{v6}]")),
+            Err(_) => out.push_str(&v),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+#[test]
+fn environment_variables_expand_and_ipv6_gets_brackets() {
+    let env = |n: &str| match n {
+        "NODE_IP" => Some("10.0.3.7".to_string()),
+        "NODE_IP6" => Some("fd00::7".to_string()),
+        _ => None,
+    };
+    assert_eq!(
+        expand_with("http://${NODE_IP}:5051", env).unwrap(),
+        "http://10.0.3.7:5051"
+    );
+    assert_eq!(
+        expand_with("${NODE_IP6}:5051", env).unwrap(),
+        "[fd00::7]:5051"
+    );
+    assert_eq!(expand_with("0.0.0.0:5051", env).unwrap(), "0.0.0.0:5051");
+    assert!(expand_with("${UNSET}:1", env)
+        .unwrap_err()
+        .contains("UNSET, which is not set"));
+    assert!(expand_with("${NODE_IP:1", env).is_err());
+    assert!(expand_with("${1X}", env).is_err());
+}
+
 fn cluster(c: RawCluster, problems: &mut Problems) -> Cluster {
-    let listen = c.listen.parse().unwrap_or_else(|_| {
+    // One config serves every node of a DaemonSet: the node's own address
+    // comes from the environment (the downward API's status.hostIP).
+    let listen_text = expand_env("cluster.listen", &c.listen, problems);
+    let advertise_text = expand_env("cluster.advertise", &c.advertise, problems);
+    let listen = listen_text.parse().unwrap_or_else(|_| {
         problems.push(
             "cluster.listen",
-            format!("{:?} is not an IP:port socket address", c.listen),
+            format!("{listen_text:?} is not an IP:port socket address"),
         );
         SocketAddr::from(([0, 0, 0, 0], 5051))
     });
@@ -195,7 +266,7 @@ fn cluster(c: RawCluster, problems: &mut Problems) -> Cluster {
             String::new()
         })
     };
-    let advertise = url("cluster.advertise", &c.advertise);
+    let advertise = url("cluster.advertise", &advertise_text);
     let peers: Vec<String> = c
         .peers
         .iter()

@@ -52,6 +52,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "tender.secretsDir" -}}/etc/tender-secrets{{- end -}}
 {{- define "tender.caDir" -}}/etc/tender-ca{{- end -}}
 {{/* TLS Secrets (kubernetes.io/tls): <tlsDir>/api for listen, <tlsDir>/metrics for metrics_listen. */}}
+{{- define "tender.peerTokenDir" -}}/etc/tender-peer{{- end -}}
+{{/* The Secret holding the cluster token. */}}
+{{- define "tender.peerTokenSecret" -}}
+{{- .Values.cluster.token.existingSecret | default (printf "%s-peer-token" (include "tender.fullname" .)) -}}
+{{- end -}}
 {{- define "tender.tlsDir" -}}/etc/tender-tls{{- end -}}
 {{/* Whether metrics_listen is served with TLS ("true" or empty). */}}
 {{- define "tender.metricsTLS" -}}
@@ -183,6 +188,17 @@ verify_client_credentials = true
 {{- end }}
 {{- if gt $defaults 1 }}
 {{- fail "registries: at most one registry may have default: true" }}
+{{- end }}
+{{- if .Values.cluster.enabled }}
+
+[cluster]
+# NODE_IP comes from the downward API (status.hostIP): one config for every node.
+listen = {{ printf "${NODE_IP}:%v" .Values.cluster.port | toJson }}
+advertise = {{ printf "http://${NODE_IP}:%v" .Values.cluster.port | toJson }}
+peers_dns = {{ printf "%s-peers.%s.svc.%s:%v" (include "tender.fullname" .) .Release.Namespace .Values.cluster.clusterDomain .Values.cluster.port | toJson }}
+token_file = {{ printf "%s/%s" (include "tender.peerTokenDir" .) .Values.cluster.token.key | toJson }}
+peer_timeout = {{ .Values.cluster.peerTimeout | toString | toJson }}
+dns_interval = {{ .Values.cluster.dnsInterval | toString | toJson }}
 {{- end }}
 {{- if .Values.prefetch.images }}
 
