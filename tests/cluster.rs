@@ -482,3 +482,41 @@ async fn status_lists_the_peers_and_their_health() {
     assert_eq!(down, [refusing.as_str()]);
     assert_eq!(c.nodes[0].metric("tender_peers"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_another_token_is_skipped_and_shows_as_down() {
+    let fake = Fake::start().await;
+    let listens = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    let urls: Vec<String> = listens.iter().map(|l| format!("http://{l}")).collect();
+    let tmp = TempDir::new("tender-cluster-tokens");
+    let mut nodes = Vec::new();
+    for (i, l) in listens.iter().enumerate() {
+        let token = tmp.subdir(&format!("t{i}")).join("token");
+        std::fs::write(&token, format!("token-of-node-{i}-0123456789")).unwrap();
+        nodes.push(
+            Daemon::start_in(
+                tmp.path().join(format!("n{i}")),
+                &registry_toml("docker.io", true, &[&fake.url()]),
+                &cluster_toml(l, &urls, None, &token, ""),
+            )
+            .await,
+        );
+    }
+    let blobs: Vec<Vec<u8>> = (0..2)
+        .map(|i| blob_owned_by(&urls, &urls[1], 20 + i, 50_000))
+        .collect();
+    for b in &blobs {
+        let d = fake.put_blob(b.clone());
+        assert_eq!(&fetch(nodes[0].url(&blob_path(&d)), None).await.unwrap(), b);
+    }
+    assert_eq!(
+        nodes[0].metric("tender_peer_requests_total{direction=\"fetched\",result=\"401\"}"),
+        1.0,
+        "asked once, then skipped"
+    );
+    assert_eq!(nodes[0].metric("tender_peers"), 0.0);
+    assert_eq!(fake.blob_gets(), 2, "both from the node's own upstream");
+}

@@ -252,6 +252,11 @@ impl UpstreamClient {
                 retry_after,
             }) => self.health.throttled(*retry_after),
             Err(AttemptError::Status { status, .. }) if *status >= 500 => self.health.failure(),
+            // A peer that refuses the cluster token (another token, a stranger on its
+            // address) is of no use until that changes.
+            Err(AttemptError::Status {
+                status: 401 | 403, ..
+            }) if self.role != Role::Upstream => self.health.failure(),
             Err(AttemptError::Status { .. }) => self.health.success(), // alive, just a no
             Err(AttemptError::Timeout(_) | AttemptError::Transport(_)) => self.health.failure(),
             Err(_) => {}
