@@ -1,25 +1,63 @@
-//! `tender status`: a running tender's cache and hit ratio, from its metrics.
+//! `tender status`: a running tender's cache and hit ratio, from its metrics,
+//! and its peers with their health (the cluster tier), from `/cluster`.
 
 use super::{mib, runtime, CliError};
 
 pub fn run(base: &str) -> Result<i32, CliError> {
-    let url = format!("{base}/metrics");
     let client =
         crate::prefetch::local_client(base).map_err(|e| CliError::Failed(e.to_string()))?;
-    let text = runtime()?.block_on(async {
-        let r = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        if !r.status().is_success() {
-            return Err(format!("{url}: HTTP {}", r.status()));
+    let get = |path: &str| {
+        let url = format!("{base}{path}");
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            let status = r.status();
+            let text = r.text().await.map_err(|e| format!("{url}: {e}"))?;
+            Ok::<_, String>((status, text))
         }
-        r.text().await.map_err(|e| format!("{url}: {e}"))
+    };
+    let (metrics, cluster) = runtime()?.block_on(async {
+        let metrics = match get("/metrics").await {
+            Ok((s, text)) if s.is_success() => Ok(text),
+            Ok((s, _)) => Err(format!("{base}/metrics: HTTP {s}")),
+            Err(e) => Err(e),
+        };
+        (metrics, get("/cluster").await)
     });
-    let text = text.map_err(|e| CliError::Failed(format!("tender is not answering: {e}")))?;
+    let text = metrics.map_err(|e| CliError::Failed(format!("tender is not answering: {e}")))?;
     print!("{}", Summary::from_metrics(&text).render(base));
+    match cluster {
+        Ok((s, body)) if s.is_success() => print!("{}", render_cluster(&body)),
+        // 404: no cluster tier configured.
+        _ => println!("  cluster tier     off"),
+    }
     Ok(0)
+}
+
+/// The peers section, from `/cluster`'s JSON.
+fn render_cluster(body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return "  cluster tier     (unreadable status)\n".into();
+    };
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    let up = peers.iter().filter(|p| p["state"] == "up").count();
+    let mut out = format!(
+        "  cluster tier     this node is {}; {} peers, {up} up\n",
+        v["advertise"].as_str().unwrap_or("?"),
+        peers.len()
+    );
+    for p in &peers {
+        out.push_str(&format!(
+            "    {:<40} {}\n",
+            p["url"].as_str().unwrap_or("?"),
+            p["state"].as_str().unwrap_or("?")
+        ));
+    }
+    out
 }
 
 /// The numbers `tender status` shows. Counters are whole numbers.
@@ -33,6 +71,7 @@ struct Summary {
     entries: u64,
     from_cache: u64,
     from_upstream: u64,
+    from_peers: u64,
     in_flight: u64,
     evictions: u64,
 }
@@ -63,6 +102,7 @@ impl Summary {
             entries: sum("tender_cache_entries", None),
             from_cache: sum("tender_bytes_served_total{", Some("source=\"cache\"")),
             from_upstream: sum("tender_bytes_served_total{", Some("source=\"upstream\"")),
+            from_peers: sum("tender_bytes_served_total{", Some("source=\"peer\"")),
             in_flight: sum("tender_inflight_fetches", None),
             evictions: sum("tender_cache_evictions_total", None),
         }
@@ -79,7 +119,7 @@ impl Summary {
             "tender at {base}\n\
              \x20 cache size       {:.1} MiB in {} objects\n\
              \x20 hit ratio        {ratio:.1}% ({} hits, {} misses, {} coalesced, {} errors)\n\
-             \x20 bytes served     {:.1} MiB from cache, {:.1} MiB from upstreams\n\
+             \x20 bytes served     {:.1} MiB from cache, {:.1} MiB from upstreams, {:.1} MiB from peers\n\
              \x20 in-flight        {} fetches\n\
              \x20 evictions        {}\n",
             mib(self.cache_bytes),
@@ -90,6 +130,7 @@ impl Summary {
             self.errors,
             mib(self.from_cache),
             mib(self.from_upstream),
+            mib(self.from_peers),
             self.in_flight,
             self.evictions
         )
@@ -108,6 +149,23 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("-0"), "{out}");
+    }
+
+    #[test]
+    fn peers_are_listed_with_their_health() {
+        let out = render_cluster(
+            r#"{"advertise":"http://10.0.0.1:5051","peers":[{"url":"http://10.0.0.2:5051","state":"up"},{"url":"http://10.0.0.3:5051","state":"down"}]}"#,
+        );
+        assert!(
+            out.contains("this node is http://10.0.0.1:5051; 2 peers, 1 up"),
+            "{out}"
+        );
+        assert!(out.contains("http://10.0.0.3:5051"), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.contains("10.0.0.3") && l.ends_with("down")),
+            "{out}"
+        );
     }
 
     #[test]
