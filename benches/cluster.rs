@@ -21,7 +21,8 @@
 //!
 //! `cargo bench --bench cluster` (as root: network namespaces; needs
 //! containerd, ctr, docker-registry, skopeo, ip, tc). `CLUSTER_ROUNDS`
-//! (default 3) rounds; medians.
+//! (default 3) rounds; medians. `CLUSTER_SCENARIOS=peered,dead_peers` and
+//! `CLUSTER_CLIENTS=puller` narrow a run (`one` always runs).
 
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -35,6 +36,7 @@ use testkit::pull::pull;
 
 const MIB: u64 = 1 << 20;
 const REF: &str = "docker.io/library/app:v1";
+/// The shared upstream link (`CLUSTER_LINK_MBIT` overrides).
 const LINK_MBIT: u32 = 1000;
 
 thread_local! {
@@ -224,10 +226,27 @@ fn main() {
         .unwrap_or(3);
     let tmp = TempDir::new("tender-bench-cluster");
     let layers = [96 * MIB, 64 * MIB, 40 * MIB, 24 * MIB, 16 * MIB, 10 * MIB];
-    let w = Wan::start(&tmp, LINK_MBIT, &layers, 2026);
+    let link: u32 = std::env::var("CLUSTER_LINK_MBIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(LINK_MBIT);
+    let w = Wan::start(&tmp, link, &layers, 2026);
     let image = w.img.total_bytes as f64;
-    let scenarios = ["one", "standalone", "peered", "owner_killed", "dead_peers"];
-    for client in [Client::Puller, Client::Containerd] {
+    let all = ["one", "standalone", "peered", "owner_killed", "dead_peers"];
+    // CLUSTER_SCENARIOS=one,peered and CLUSTER_CLIENTS=puller narrow the run.
+    let wanted = |var: &str, name: &str| {
+        std::env::var(var)
+            .map(|v| v.split(',').any(|w| w == name))
+            .unwrap_or(true)
+    };
+    let scenarios: Vec<&str> = all
+        .into_iter()
+        .filter(|s| *s == "one" || wanted("CLUSTER_SCENARIOS", s))
+        .collect();
+    let clients = [Client::Puller, Client::Containerd]
+        .into_iter()
+        .filter(|c| wanted("CLUSTER_CLIENTS", c.name()));
+    for client in clients {
         let mut secs: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
         let mut wan: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
@@ -257,7 +276,7 @@ fn main() {
                     ("scenario", name.to_string()),
                     ("nodes", if i == 0 { "1" } else { "4" }.into()),
                     ("image_mb", format!("{:.0}", image / 1e6)),
-                    ("link_mbit", LINK_MBIT.to_string()),
+                    ("link_mbit", link.to_string()),
                     ("rounds", rounds.to_string()),
                     ("secs", format!("{s:.2}")),
                     ("vs_one", format!("{:.2}", s / one)),

@@ -191,4 +191,37 @@ mod tests {
         assert!(!flipped.exists() && !broken.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_stop_is_heeded_within_a_chunk_not_at_the_end_of_an_object() {
+        let dir = std::env::temp_dir().join(format!("tender-scrub-stop-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let s = Store::open(&dir, 1 << 30, metrics.clone()).unwrap();
+        // 16 MiB at 1 MiB/s: a whole pass would take 16 s.
+        let data = vec![7u8; 16 << 20];
+        let d = Digest::of(&data);
+        let mut t = s.create_temp().unwrap();
+        t.file.write_all(&data).unwrap();
+        s.commit(Kind::Blob, t, &d, data.len() as u64).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let tally = s.scrub_pass(1 << 20, &stop);
+        stopper.join().unwrap();
+        let read = metrics.scrub_bytes.get();
+        assert!(read < 4 << 20, "stopped {read} bytes into a 16 MiB object");
+        assert_eq!(
+            tally,
+            Tally { ok: 0, bad: 0 },
+            "an object not read to its end is not judged"
+        );
+        assert!(s.path(Kind::Blob, &d).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
