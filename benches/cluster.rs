@@ -65,13 +65,10 @@ fn cpu_busy() -> f64 {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy: f64 = v
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, x)| x)
-        .sum();
+    // user nice system idle iowait irq softirq steal guest guest_nice: this
+    // machine's own work is user, nice, system, irq and softirq (steal is
+    // another VM's; guest time is already in user).
+    let busy: f64 = [0, 1, 2, 5, 6].iter().filter_map(|i| v.get(*i)).sum();
     busy / 100.0
 }
 
