@@ -38,6 +38,11 @@ pub struct Metrics {
     pub peer_bytes: IntCounterVec,
     /// Peers whose breaker is closed (set when scraped).
     pub peers: IntGauge,
+    /// Hedged requests, by `outcome` (started|won).
+    pub upstream_hedges: IntCounterVec,
+    /// Blob bodies that made no progress for `progress_timeout` and were
+    /// resumed elsewhere.
+    pub upstream_stalls: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,7 +67,7 @@ impl Metrics {
         );
         let upstream_bytes = counter_vec(
             "tender_upstream_bytes_total",
-            "Body bytes received from upstreams.",
+            "Blob and manifest body bytes received from upstreams.",
             &["registry", "upstream"],
         );
         let bytes_served = counter_vec(
@@ -89,6 +94,16 @@ impl Metrics {
             "tender_peer_bytes_total",
             "Blob and manifest body bytes between nodes of the cluster tier, by direction (served|fetched).",
             &["direction"],
+        );
+        let upstream_hedges = counter_vec(
+            "tender_upstream_hedges_total",
+            "Requests raced on the next upstream because the one asked was slower than its recent p95, by outcome (started|won).",
+            &["registry", "outcome"],
+        );
+        let upstream_stalls = counter_vec(
+            "tender_upstream_stalls_total",
+            "Blob bodies that made no progress for progress_timeout while another upstream was usable, resumed there with Range.",
+            &["registry", "upstream"],
         );
         let passthrough = counter_vec(
             "tender_passthrough_total",
@@ -145,6 +160,8 @@ impl Metrics {
             upstream_circuit_open,
             peer_requests,
             peer_bytes,
+            upstream_hedges,
+            upstream_stalls,
             peers: gauge(
                 "tender_peers",
                 "Other nodes this node peers with whose breaker is closed (the cluster tier; 0 without one).",

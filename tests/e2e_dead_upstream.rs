@@ -337,9 +337,16 @@ fn first_upstream_accepts_and_never_answers() {
         stall.accepted()
     );
     assert!(stall.accepted() >= 1, "{case}: tender never tried it");
+    // Attempts on it are hedged on the registry and lose (cancelled); any
+    // that ran out its clock timed out.
     assert!(
-        !statuses.is_empty() && statuses.iter().all(|(s, _)| s == "timeout"),
-        "{case}: every attempt on the stalling upstream times out: {statuses:?}"
+        statuses.iter().all(|(s, _)| s == "timeout"),
+        "{case}: no attempt on the stalling upstream ends otherwise: {statuses:?}"
+    );
+    let won = t.metric("tender_upstream_hedges_total{outcome=\"won\",registry=\"docker.io\"}");
+    assert!(
+        won >= 1.0,
+        "{case}: the registry won hedges against it ({won})"
     );
 }
 
@@ -382,8 +389,8 @@ fn first_upstream_resets_blob_bodies_after_some_bytes() {
         assert_eq!(at_fake[0].range, None, "{case}: {d}");
     }
     // No byte was fetched twice: what tender got from the breaking upstream
-    // (the config, then each layer's prefix) and from the registry (each
-    // layer's rest) adds up to the image.
+    // (the manifest and the config, then each layer's prefix) and from the
+    // registry (each layer's rest) adds up to the image.
     let metrics = s.t.metrics();
     let from = |url: &str| {
         tender::metric_value(
@@ -397,9 +404,10 @@ fn first_upstream_resets_blob_bodies_after_some_bytes() {
         .iter()
         .map(|d| blob_size(&s.img, d))
         .sum();
+    let manifest = s.img.blob(&s.img.manifest_digest).len() as u64;
     assert_eq!(
         from(&s.fake.url()),
-        blob_size(&s.img, &s.img.config_digest) + offsets,
+        manifest + blob_size(&s.img, &s.img.config_digest) + offsets,
         "{case}: bytes from the breaking upstream\n{metrics}"
     );
     assert_eq!(
@@ -439,8 +447,17 @@ fn first_upstream_stalls_mid_body() {
     assert_layers_resumed_from_registry(case, &s.t, &s.reg, &s.img);
     let log = s.t.log();
     assert!(
-        log.contains("no bytes for 2s"),
-        "{case}: stall_timeout must end the stalled bodies\n{log}"
+        log.contains("no bytes for 1s"),
+        "{case}: the progress watchdog (1 s, not stall_timeout's 2 s) must end the stalled bodies\n{log}"
+    );
+    let stalls = s.t.metric(&format!(
+        "tender_upstream_stalls_total{{registry=\"docker.io\",upstream=\"{}\"}}",
+        s.fake.url()
+    ));
+    assert_eq!(
+        stalls,
+        s.img.layer_digests.len() as f64,
+        "{case}: one per layer"
     );
     eprintln!(
         "{case}: stalling upstream: {:?}; registry: {:?}",

@@ -99,6 +99,7 @@ impl Cluster {
             connect: config.peer_timeout,
             header: timeouts.header + config.peer_timeout,
             stall: timeouts.stall + config.peer_timeout,
+            progress: timeouts.stall + config.peer_timeout,
         };
         let cluster = Cluster {
             me: config.advertise.clone(),

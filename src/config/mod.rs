@@ -115,6 +115,9 @@ pub struct Timeouts {
     pub header: Duration,
     /// Longest gap between two body chunks before a transfer counts as stalled.
     pub stall: Duration,
+    /// A blob body that makes no progress this long is resumed on another
+    /// usable upstream (the watchdog); `stall` applies when there is none.
+    pub progress: Duration,
 }
 
 /// When an upstream's circuit breaker opens: after `failures` consecutive

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub connect_timeout: Option<String>,
     pub header_timeout: Option<String>,
     pub stall_timeout: Option<String>,
+    pub progress_timeout: Option<String>,
     pub breaker_failures: Option<u32>,
     pub breaker_cooldown: Option<String>,
     pub tls_cert_file: Option<String>,

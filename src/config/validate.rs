@@ -93,11 +93,13 @@ pub fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
         connect: dur("connect_timeout", raw.connect_timeout.as_deref(), "5s"),
         header: dur("header_timeout", raw.header_timeout.as_deref(), "5s"),
         stall: dur("stall_timeout", raw.stall_timeout.as_deref(), "15s"),
+        progress: dur("progress_timeout", raw.progress_timeout.as_deref(), "1s"),
     };
     for (key, d) in [
         ("connect_timeout", timeouts.connect),
         ("header_timeout", timeouts.header),
         ("stall_timeout", timeouts.stall),
+        ("progress_timeout", timeouts.progress),
         ("breaker_cooldown", breaker_cooldown),
     ] {
         if d.is_zero() && !problems.has(key) {

@@ -7,6 +7,9 @@
 //! `Retry-After` (bounded), so containerd's immediate 429 retries never turn
 //! into upstream traffic. Skipping is what makes a dead upstream cost
 //! nothing instead of a timeout per request.
+//!
+//! It also keeps the upstream's recent times to response headers, from
+//! which the walk derives when to hedge (`super::hedge`).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -29,9 +32,21 @@ struct State {
     throttled_until: Option<Instant>,
 }
 
+/// Latency samples kept per upstream, and how many a percentile needs.
+const SAMPLES: usize = 64;
+const MIN_SAMPLES: usize = 8;
+
+/// The last [`SAMPLES`] times to response headers, oldest overwritten.
+#[derive(Default)]
+struct Samples {
+    ring: Vec<Duration>,
+    next: usize,
+}
+
 pub struct Health {
     policy: BreakerPolicy,
     state: Mutex<State>,
+    samples: Mutex<Samples>,
     open_gauge: IntGauge,
     name: String,
 }
@@ -44,6 +59,7 @@ impl Health {
                 cooldown: policy.cooldown,
                 ..State::default()
             }),
+            samples: Mutex::default(),
             open_gauge,
             name,
         }
@@ -86,6 +102,39 @@ impl Health {
         s.probe_started = None;
         s.cooldown = self.policy.cooldown;
         self.open_gauge.set(0);
+    }
+
+    /// Records how long a request took to get its response headers.
+    pub fn record_latency(&self, d: Duration) {
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if s.ring.len() < SAMPLES {
+            s.ring.push(d);
+        } else {
+            let i = s.next;
+            s.ring[i] = d;
+        }
+        s.next = (s.next + 1) % SAMPLES;
+    }
+
+    /// The 95th percentile of the recent times to headers, once there are
+    /// enough samples to say.
+    pub fn p95(&self) -> Option<Duration> {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if s.ring.len() < MIN_SAMPLES {
+            return None;
+        }
+        let mut v = s.ring.clone();
+        v.sort_unstable();
+        let i = ((v.len() * 95).div_ceil(100)).saturating_sub(1);
+        Some(v[i])
+    }
+
+    /// Whether a request could go here now, without taking the half-open
+    /// probe (unlike [`Health::allow`], which a caller uses to send one).
+    pub fn looks_usable(&self) -> bool {
+        let now = Instant::now();
+        let s = self.lock();
+        s.throttled_until.is_none_or(|t| now >= t) && s.open_until.is_none_or(|t| now >= t)
     }
 
     /// Whether the breaker is open now (the upstream is being skipped, or
@@ -157,6 +206,31 @@ mod tests {
         assert!(h.allow());
         h.success();
         assert!(h.allow() && h.allow(), "closed");
+    }
+
+    #[test]
+    fn p95_of_recent_times_to_headers() {
+        let h = health(5, 1000);
+        for ms in 1..=7 {
+            h.record_latency(Duration::from_millis(ms));
+        }
+        assert_eq!(h.p95(), None, "too few samples to say");
+        for ms in 8..=100 {
+            h.record_latency(Duration::from_millis(ms));
+        }
+        // The last 64: 37..=100 ms.
+        assert_eq!(h.p95(), Some(Duration::from_millis(97)));
+    }
+
+    #[test]
+    fn looking_does_not_take_the_probe() {
+        let h = health(1, 30);
+        h.failure();
+        assert!(!h.looks_usable());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(h.looks_usable() && h.looks_usable());
+        assert!(h.allow(), "the probe is still there to take");
+        assert!(!h.allow());
     }
 
     #[test]

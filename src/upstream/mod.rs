@@ -9,7 +9,8 @@
 //! - `client`: one upstream (HTTP client, proxy, CA, timeouts) and its requests;
 //! - `token`, `auth`: credentials, Bearer tokens, `WWW-Authenticate`;
 //! - `guard`: the addresses tender may be sent to (redirects, realms, DNS);
-//! - `health`: the circuit breaker and 429 back-off;
+//! - `health`: the circuit breaker, 429 back-off and recent latencies;
+//! - `walk`, `hedge`: the walk in order, hedged when an upstream is slow;
 //! - `body`: reading and positioning response bodies.
 
 pub mod auth;
@@ -17,7 +18,9 @@ mod body;
 pub mod client;
 pub mod guard;
 pub mod health;
+mod hedge;
 mod token;
+mod walk;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,71 +105,6 @@ impl AttemptError {
     }
 }
 
-/// What a walk saw, summarised into its verdict when no upstream succeeded.
-/// Only the registry's own upstreams count toward it: a peer that is down
-/// must not turn an upstream's "not found" into "unavailable".
-#[derive(Default)]
-struct Walk {
-    not_found: usize,
-    denied: usize,
-    integrity: usize,
-    tried: usize,
-    failures: Vec<String>,
-}
-
-impl Walk {
-    fn record(&mut self, up: &UpstreamClient, e: &AttemptError) {
-        if up.role != Role::Upstream {
-            tracing::info!(registry = %up.registry, peer = %up.url, error = %e, "peer failed; trying the next");
-            self.failures.push(format!("peer {}: {e}", up.url));
-            return;
-        }
-        self.tried += 1;
-        if e.is_not_found() {
-            self.not_found += 1;
-            // A 404 is an ordinary answer; anything else is worth an operator's eye.
-            tracing::debug!(registry = %up.registry, upstream = %up.url, error = %e, "upstream does not have it");
-        } else {
-            if e.is_denied() {
-                self.denied += 1;
-            } else if matches!(e, AttemptError::DigestMismatch { .. }) {
-                self.integrity += 1;
-            }
-            tracing::info!(registry = %up.registry, upstream = %up.url, error = %e, "upstream failed; trying the next");
-        }
-        self.failures.push(format!("{}: {e}", up.url));
-    }
-
-    /// An upstream skipped because its breaker is open or it asked us to back off.
-    fn skip(&mut self, up: &UpstreamClient) {
-        if up.role != Role::Upstream {
-            return; // a peer known to be down costs nothing, not even a word
-        }
-        self.tried += 1;
-        self.failures.push(format!(
-            "{}: skipped (circuit open or rate-limited)",
-            up.url
-        ));
-    }
-
-    fn finish(self) -> UpstreamError {
-        let summary = self.failures.join("; ");
-        if self.tried == 0 && summary.is_empty() {
-            UpstreamError::Unavailable("no upstream configured".into())
-        } else if self.tried == 0 {
-            UpstreamError::Unavailable(summary)
-        } else if self.not_found == self.tried {
-            UpstreamError::NotFound
-        } else if self.denied == self.tried {
-            UpstreamError::Denied(summary)
-        } else if self.integrity > 0 && self.integrity + self.not_found == self.tried {
-            UpstreamError::Integrity(summary)
-        } else {
-            UpstreamError::Unavailable(summary)
-        }
-    }
-}
-
 /// A manifest as an upstream served it, verified against its digest.
 pub struct FetchedManifest {
     pub bytes: Bytes,
@@ -197,6 +135,9 @@ pub struct Upstreams {
     clients: Vec<Arc<UpstreamClient>>,
     /// How many of `clients`, at the front, are peers.
     peers: usize,
+    /// The registry's hedge budget (shared by its routes through peers).
+    hedges: Arc<hedge::Budget>,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstreams {
@@ -224,6 +165,8 @@ impl Upstreams {
             verify_client_credentials: reg.verify_client_credentials,
             clients,
             peers: 0,
+            hedges: Arc::default(),
+            metrics: metrics.clone(),
         })
     }
 
@@ -238,12 +181,32 @@ impl Upstreams {
             verify_client_credentials: self.verify_client_credentials,
             clients,
             peers: n,
+            hedges: self.hedges.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
     /// Whether peers are asked before the registry's own upstreams.
     pub fn is_peered(&self) -> bool {
         self.peers > 0
+    }
+
+    /// How long a blob body from `up` (at `index`) may make no progress
+    /// before it is resumed elsewhere: `progress_timeout` while another of
+    /// the registry's own upstreams is usable, else `stall_timeout` (there
+    /// is nowhere better to go). A peer keeps its own, longer, stall
+    /// timeout: it may be waiting on its own upstream.
+    pub fn progress_window(&self, up: &UpstreamClient, index: usize) -> Duration {
+        let elsewhere = self
+            .clients
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != index && c.role == Role::Upstream && c.health.looks_usable());
+        if up.role == Role::Upstream && elsewhere {
+            up.timeouts.progress.min(up.timeouts.stall)
+        } else {
+            up.timeouts.stall
+        }
     }
 
     /// The URLs of the peers asked first.
@@ -264,36 +227,6 @@ impl Upstreams {
 
     pub fn clients(&self) -> &[Arc<UpstreamClient>] {
         &self.clients
-    }
-
-    /// Tries `op` on each upstream from `first` on (wrapping around), skipping
-    /// those whose breaker is open or that asked us to back off, until one
-    /// succeeds; otherwise the walk's verdict.
-    async fn walk<T, F, Fut>(&self, first: usize, mut op: F) -> Result<T, UpstreamError>
-    where
-        F: FnMut(usize, Arc<UpstreamClient>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, AttemptError>>,
-    {
-        let mut walk = Walk::default();
-        let n = self.clients.len();
-        for (index, up) in self
-            .clients
-            .iter()
-            .enumerate()
-            .cycle()
-            .skip(first % n.max(1))
-            .take(n)
-        {
-            if !up.health.allow() {
-                walk.skip(up);
-                continue;
-            }
-            match op(index, up.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(e) => walk.record(up, &e),
-            }
-        }
-        Err(walk.finish())
     }
 
     /// GET a blob from the first upstream that has it, from byte `offset` on.
@@ -437,7 +370,7 @@ impl Upstreams {
         suffix: &str,
         client_auth: Option<&HeaderValue>,
     ) -> Result<(), UpstreamError> {
-        let mut walk = Walk::default();
+        let mut walk = walk::Walk::default();
         for up in self
             .clients
             .iter()

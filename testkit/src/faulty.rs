@@ -1,5 +1,7 @@
-//! Upstreams that are dead below HTTP: a port that refuses connections and a
-//! listener that accepts connections and then never answers. std only.
+//! Upstreams that are dead below HTTP: a port that refuses connections, a
+//! listener that accepts connections and then never answers, and a TCP
+//! proxy in front of a real server that goes silent on demand (at once, or
+//! after so many bytes of a response). std only.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -84,6 +86,149 @@ impl Drop for StallServer {
         }
         for c in self.held.lock().unwrap().drain(..) {
             // Ends the reader threads too.
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// What a [`FaultProxy`] does with each new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forwards both ways.
+    Pass,
+    /// Accepts and reads, never answers, never closes: an overloaded proxy
+    /// or a half-dead load balancer.
+    Silent,
+    /// Forwards the first `n` bytes of what the server sends on the
+    /// connection, then goes silent with the connection open: a body that
+    /// stops mid-way.
+    StallAfter(u64),
+}
+
+/// A TCP proxy in front of a real server (e.g. a registry) that misbehaves
+/// on demand ([`ProxyMode`]). std only; every connection gets two threads.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    mode: Arc<Mutex<ProxyMode>>,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    pub fn start(target: SocketAddr, mode: ProxyMode) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let mode = Arc::new(Mutex::new(mode));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (m, acc, st, h) = (mode.clone(), accepted.clone(), stop.clone(), held.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                acc.fetch_add(1, Ordering::SeqCst);
+                let mode = *m.lock().unwrap();
+                if let Ok(c) = client.try_clone() {
+                    h.lock().unwrap().push(c);
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                if let Ok(s) = server.try_clone() {
+                    h.lock().unwrap().push(s);
+                }
+                let limit = match mode {
+                    ProxyMode::Pass => u64::MAX,
+                    ProxyMode::Silent => 0,
+                    ProxyMode::StallAfter(n) => n,
+                };
+                // Client to server: everything (a silent proxy reads and drops).
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let silent = mode == ProxyMode::Silent;
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 << 10];
+                    loop {
+                        match c_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) if !silent => {
+                                if std::io::Write::write_all(&mut s_write, &buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+                // Server to client: up to the limit, then nothing (the
+                // connection stays open).
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let mut sent = 0u64;
+                    let mut buf = [0u8; 16 << 10];
+                    loop {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let room = limit.saturating_sub(sent) as usize;
+                        let k = n.min(room);
+                        if k > 0 && std::io::Write::write_all(&mut c_write, &buf[..k]).is_err() {
+                            break;
+                        }
+                        sent += k as u64;
+                        if k < n {
+                            // Silent from here on; keep reading so the server
+                            // is not blocked, and drop what it sends.
+                            while matches!(s_read.read(&mut buf), Ok(n) if n > 0) {}
+                            break;
+                        }
+                    }
+                    // Without a limit, pass the server's close on.
+                    if limit == u64::MAX {
+                        let _ = c_write.shutdown(std::net::Shutdown::Write);
+                    }
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            mode,
+            accepted,
+            stop,
+            held,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Mode for connections accepted from now on.
+    pub fn set_mode(&self, mode: ProxyMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for c in self.held.lock().unwrap().drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
     }

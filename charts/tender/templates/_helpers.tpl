@@ -125,6 +125,7 @@ tag_ttl = {{ .Values.tagTTL | toString | toJson }}
 connect_timeout = {{ .Values.timeouts.connect | toString | toJson }}
 header_timeout = {{ .Values.timeouts.header | toString | toJson }}
 stall_timeout = {{ .Values.timeouts.stall | toString | toJson }}
+progress_timeout = {{ .Values.timeouts.progress | toString | toJson }}
 breaker_failures = {{ .Values.breaker.failures | int64 }}
 breaker_cooldown = {{ .Values.breaker.cooldown | toString | toJson }}
 scrub_interval = {{ .Values.scrub.interval | toString | toJson }}

@@ -169,7 +169,7 @@ impl FillTask<'_> {
             }
         });
 
-        let stall = br.upstream.timeouts.stall;
+        let mut window = self.ups.progress_window(&br.upstream, br.index);
         let mut resumes = 0;
         let mut resumed_at = 0u64;
         let mut upstream_bytes = br.upstream.bytes_counter();
@@ -178,7 +178,7 @@ impl FillTask<'_> {
         loop {
             let next = tokio::select! {
                 biased;
-                r = tokio::time::timeout(stall, br.resp.chunk()) => Some(r),
+                r = tokio::time::timeout(window, br.resp.chunk()) => Some(r),
                 _ = sleep_until_opt(deadline), if deadline.is_some() => None,
             };
             let outcome: Result<Option<Bytes>, String> = match next {
@@ -198,7 +198,15 @@ impl FillTask<'_> {
                     }
                 }
                 Some(Ok(Err(e))) => Err(format!("body broke: {}", error_chain(&e.without_url()))),
-                Some(Err(_)) => Err(format!("no bytes for {stall:?}")),
+                Some(Err(_)) => {
+                    if window < br.upstream.timeouts.stall {
+                        self.metrics
+                            .upstream_stalls
+                            .with_label_values(&[&self.ups.host, &br.upstream.url])
+                            .inc();
+                    }
+                    Err(format!("no bytes for {window:?}"))
+                }
             };
             let mut chunk = match outcome {
                 Ok(Some(c)) => c,
@@ -248,6 +256,7 @@ impl FillTask<'_> {
                     }
                     br = next;
                     upstream_bytes = br.upstream.bytes_counter();
+                    window = self.ups.progress_window(&br.upstream, br.index);
                     continue;
                 }
             };
