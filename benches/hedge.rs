@@ -52,7 +52,7 @@ fn pull(tmp: &TempDir, name: &str, reg: &Registry, mode: ProxyMode) -> (f64, f64
         .lines()
         .filter(|l| l.starts_with("tender_upstream_stalls_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+        .fold(0.0, |a, b| a + b);
     (secs, hedges, stalls)
 }
 

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub peer_bytes: IntCounterVec,
     /// Peers whose breaker is closed (set when scraped).
     pub peers: IntGauge,
+    /// The pull quota each upstream last stated (`ratelimit-*` headers).
+    pub ratelimit_limit: IntGaugeVec,
+    pub ratelimit_remaining: IntGaugeVec,
+    pub ratelimit_window: IntGaugeVec,
     /// Hedged requests, by `outcome` (started|won).
     pub upstream_hedges: IntCounterVec,
     /// Blob bodies that made no progress for `progress_timeout` and were
@@ -149,7 +153,27 @@ impl Metrics {
                 .expect("unique metric");
             c
         };
+        let gauge_vec = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["registry", "upstream"])
+                .expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
         Metrics {
+            ratelimit_limit: gauge_vec(
+                "tender_upstream_ratelimit_limit",
+                "The pull quota the upstream last stated (ratelimit-limit, e.g. Docker Hub's 100 per 6 h).",
+            ),
+            ratelimit_remaining: gauge_vec(
+                "tender_upstream_ratelimit_remaining",
+                "Pulls left in the upstream's current window, as it last stated (ratelimit-remaining).",
+            ),
+            ratelimit_window: gauge_vec(
+                "tender_upstream_ratelimit_window_seconds",
+                "The window of the upstream's pull quota, in seconds (the w= of ratelimit-limit).",
+            ),
             requests,
             upstream_requests,
             upstream_bytes,

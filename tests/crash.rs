@@ -110,6 +110,103 @@ fn kill_9_during_concurrent_downloads_leaves_nothing_unverified() {
     assert!(out.contains("8 ok, 0 bad"), "{out}");
 }
 
+/// What a client asked for: the whole blob, or `start..=end` of it.
+fn expected(blob: &[u8], range: Option<(usize, usize)>) -> &[u8] {
+    match range {
+        Some((a, b)) => &blob[a..=b],
+        None => blob,
+    }
+}
+
+#[test]
+fn kill_9_under_a_hundred_mixed_downloads_then_restart_fsck_and_pull() {
+    let rt = runtime();
+    let fake = rt.block_on(Fake::start());
+    let blobs: Vec<Vec<u8>> = (0..20)
+        .map(|i| random_bytes(if i % 4 == 0 { 3 << 20 } else { 1 << 20 }, 300 + i))
+        .collect();
+    let digests: Vec<String> = blobs.iter().map(|b| fake.put_blob(b.clone())).collect();
+    let tmp = testkit::process::TempDir::new("tender-crash-load");
+    let toml = registry_toml("docker.io", true, &[&fake.url()]);
+    let mut t = TenderProcess::start(&tmp.subdir("t"), &toml, "");
+    let cache = tmp.path().join("t/cache");
+    let path = |d: &str| format!("/v2/library/app/blobs/{d}");
+    // Five blobs warm (committed), fifteen cold and slow to arrive.
+    for d in &digests[..5] {
+        testkit::http::http_get(&t.url(&path(d))).unwrap();
+    }
+    assert!(testkit::process::wait_until(
+        Duration::from_secs(10),
+        || { assert_store_verified(&cache) == 5 }
+    ));
+    fake.set_fault(Fault {
+        rate: Some(2_000_000),
+        ..Fault::default()
+    });
+    // 100 clients: every blob five times, a third of them ranged.
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let k = i % 20;
+            let range = (i % 3 == 1).then_some((1000 + i * 10, 200_000 + i * 10));
+            let url = t.url(&path(&digests[k]));
+            let want = expected(&blobs[k], range).to_vec();
+            std::thread::spawn(move || {
+                let header = range.map(|(a, b)| format!("bytes={a}-{b}"));
+                let headers: Vec<(&str, &str)> =
+                    header.iter().map(|h| ("range", h.as_str())).collect();
+                (testkit::http::http_request("GET", &url, &headers), want)
+            })
+        })
+        .collect();
+    // Kill once cold fills are under way.
+    assert!(testkit::process::wait_until(
+        Duration::from_secs(20),
+        || {
+            std::fs::read_dir(cache.join("tmp"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                >= 5
+        }
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    t.kill(); // SIGKILL
+    let (mut complete, mut cut) = (0, 0);
+    for c in clients {
+        let (r, want) = c.join().unwrap();
+        match r {
+            Ok(r) if r.status == 200 || r.status == 206 => {
+                // A body that completed is the right one, never a prefix
+                // that looks complete.
+                assert_eq!(r.body.len(), want.len(), "a short body completed");
+                assert!(r.body == want, "a complete body with wrong bytes");
+                complete += 1;
+            }
+            _ => cut += 1,
+        }
+    }
+    eprintln!("{complete} downloads completed before the kill, {cut} were cut");
+    assert!(cut > 0, "the kill landed mid-load");
+    assert_store_verified(&cache);
+
+    // Restart on the same cache: fsck is clean, and every pull is right.
+    fake.set_fault(Fault::default());
+    let (code, out) = fsck(&cache);
+    assert_eq!(code, 0, "{out}");
+    let mut t2 = TenderProcess::start_with_config(&tmp.path().join("t"), &t.config_path, t.port);
+    for (d, b) in digests.iter().zip(&blobs) {
+        let r = testkit::http::http_get(&t2.url(&path(d))).unwrap();
+        assert!(r.body == *b, "{d}");
+        let r = testkit::http::http_request("GET", &t2.url(&path(d)), &[("range", "bytes=10-99")])
+            .unwrap();
+        assert_eq!((r.status, &r.body[..]), (206, &b[10..100]));
+    }
+    t2.stop();
+    assert_eq!(assert_store_verified(&cache), 20);
+    let (code, out) = fsck(&cache);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("20 ok, 0 bad"), "{out}");
+}
+
 #[test]
 fn fsck_finds_a_flipped_byte_removes_the_object_and_exits_non_zero() {
     let rt = runtime();

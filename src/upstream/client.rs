@@ -15,6 +15,7 @@ use super::auth::{parse_challenge, Challenge};
 use super::body::error_chain;
 use super::guard::{host_is_internal, proxy_hosts, redirect_policy, GuardedResolver};
 use super::health::Health;
+use super::ratelimit;
 use super::token::{Auth, Bearer, Credentials, TokenOrigin};
 use super::{AttemptError, UpstreamError};
 use crate::config::{self, BreakerPolicy, Timeouts};
@@ -293,6 +294,7 @@ impl UpstreamClient {
             }
             Ok(Ok(r)) => {
                 let label = r.status().as_u16().to_string();
+                self.note_quota(r.headers());
                 (Ok(r), label)
             }
         };
@@ -314,6 +316,36 @@ impl UpstreamClient {
                 .inc(),
         }
         out
+    }
+
+    /// Exports the pull quota an upstream states (`ratelimit-limit`,
+    /// `ratelimit-remaining`), as Docker Hub does on manifest requests.
+    fn note_quota(&self, headers: &HeaderMap) {
+        if self.role != Role::Upstream {
+            return;
+        }
+        let quota = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(ratelimit::parse)
+        };
+        let labels = [self.registry.as_str(), self.url.as_str()];
+        if let Some(q) = quota("ratelimit-limit") {
+            let m = &self.metrics;
+            m.ratelimit_limit
+                .with_label_values(&labels)
+                .set(q.count as i64);
+            if let Some(w) = q.window_secs {
+                m.ratelimit_window.with_label_values(&labels).set(w as i64);
+            }
+        }
+        if let Some(q) = quota("ratelimit-remaining") {
+            self.metrics
+                .ratelimit_remaining
+                .with_label_values(&labels)
+                .set(q.count as i64);
+        }
     }
 
     /// Waits for a response's headers: up to the header timeout from an

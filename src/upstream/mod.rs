@@ -11,7 +11,8 @@
 //! - `guard`: the addresses tender may be sent to (redirects, realms, DNS);
 //! - `health`: the circuit breaker, 429 back-off and recent latencies;
 //! - `walk`, `hedge`: the walk in order, hedged when an upstream is slow;
-//! - `body`: reading and positioning response bodies.
+//! - `body`: reading and positioning response bodies;
+//! - `ratelimit`: the pull quota upstreams state in their headers.
 
 pub mod auth;
 mod body;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod guard;
 pub mod health;
 mod hedge;
+pub mod ratelimit;
 mod token;
 mod walk;
 

@@ -74,6 +74,8 @@ pub struct Fault {
     /// tag starting with `miss`, else a small manifest of its own (its
     /// digest differs from every other tag's).
     pub any_tag: bool,
+    /// Send Docker Hub's quota headers on manifests: (limit, remaining).
+    pub ratelimit: Option<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -387,6 +389,16 @@ async fn handle(
         hm.insert("content-type", mt.parse().unwrap());
         hm.insert("docker-content-digest", digest.parse().unwrap());
         hm.insert("content-length", len.into());
+        if let Some((limit, remaining)) = fault.ratelimit {
+            hm.insert(
+                "ratelimit-limit",
+                format!("{limit};w=21600").parse().unwrap(),
+            );
+            hm.insert(
+                "ratelimit-remaining",
+                format!("{remaining};w=21600").parse().unwrap(),
+            );
+        }
         return r;
     }
     if let Some(i) = rest.rfind("/blobs/") {

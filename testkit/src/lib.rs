@@ -4,9 +4,9 @@
 //!   injection, and a fake forward proxy;
 //! - [`daemon`]: tender itself, in-process, on a free port;
 //! - [`tender`]: the real `tender` binary as a child process;
-//! - [`registry`], [`containerd`], [`image`]: drivers for real peers from
-//!   Debian (distribution 2.8, containerd + ctr, skopeo) and OCI images
-//!   generated for them;
+//! - [`registry`], [`containerd`], [`docker`], [`image`]: drivers for real
+//!   peers from Debian (distribution 2.8, containerd + ctr, Docker Engine,
+//!   skopeo) and OCI images generated for them;
 //! - [`faulty`]: upstreams dead below HTTP (refusing, stalling);
 //! - [`cluster`]: node configs for the cluster tier;
 //! - [`netns`], [`dns`]: network namespaces with shaped links, and a real
@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod daemon;
 pub mod dns;
+pub mod docker;
 pub mod fake;
 pub mod faulty;
 pub mod http;
