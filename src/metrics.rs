@@ -17,6 +17,8 @@ pub struct Metrics {
     pub bytes_served: IntCounterVec,
     pub cache_size: IntGauge,
     pub cache_entries: IntGauge,
+    /// Disk taken by pinned images ([prefetch] pinned), which the LRU keeps.
+    pub cache_pinned: IntGauge,
     pub evictions: IntCounter,
     pub inflight_fetches: IntGauge,
     pub stale_served: IntCounter,
@@ -153,6 +155,16 @@ impl Metrics {
                 .expect("unique metric");
             c
         };
+        // Every series a dashboard or an alert divides by exists from the
+        // start, at 0: increase() and rate() then count the first events too.
+        for kind in ["manifest", "blob", "tags"] {
+            for result in ["hit", "miss", "coalesced", "error"] {
+                requests.with_label_values(&[kind, result]);
+            }
+        }
+        for source in ["cache", "upstream", "peer"] {
+            bytes_served.with_label_values(&[source]);
+        }
         let gauge_vec = |name: &str, help: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &["registry", "upstream"])
                 .expect("valid metric");
@@ -206,6 +218,10 @@ impl Metrics {
             cache_entries: gauge(
                 "tender_cache_entries",
                 "Objects (blobs and manifests) in the cache.",
+            ),
+            cache_pinned: gauge(
+                "tender_cache_pinned_bytes",
+                "Disk taken by pinned images' manifests, blobs and tag records (never evicted by the LRU); bounded by pinned_max_size.",
             ),
             evictions: counter(
                 "tender_cache_evictions_total",

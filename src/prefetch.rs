@@ -67,19 +67,7 @@ pub fn local_client(base: &str) -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// The node's platform in OCI terms.
-pub fn node_platform() -> (&'static str, &'static str) {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    };
-    ("linux", arch)
-}
+pub use crate::oci::node_platform;
 
 /// Progress reported while prefetching.
 pub enum Event<'a> {

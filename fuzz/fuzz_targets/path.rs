@@ -69,6 +69,7 @@ fn check_route(p: &str) {
         Ok(Route::Healthz) => assert_eq!(p, "/healthz"),
         Ok(Route::Readyz) => assert_eq!(p, "/readyz"),
         Ok(Route::Cluster) => assert_eq!(p, "/cluster"),
+        Ok(Route::Pinned) => assert_eq!(p, "/pinned"),
         Ok(Route::Referrers) => assert!(p.starts_with("/v2/") && p.contains("/referrers/"), "{p:?}"),
         Ok(Route::Unsupported { what }) => {
             assert!(p.starts_with("/v2/"), "{p:?}");

@@ -143,7 +143,9 @@ impl Api {
         if self.for_peers {
             match route {
                 Route::Healthz | Route::Readyz => {}
-                Route::Metrics | Route::Cluster => return Err(ApiError::NotForPeers),
+                Route::Metrics | Route::Cluster | Route::Pinned => {
+                    return Err(ApiError::NotForPeers)
+                }
                 _ => {
                     let token = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
                     if !self.cache.cluster().is_some_and(|c| c.admits(token)) {
@@ -171,6 +173,11 @@ impl Api {
             }
             Route::Healthz => return Ok(text_response(StatusCode::OK, "ok\n")),
             Route::Cluster => return Ok(self.cluster_status(head)),
+            Route::Pinned => {
+                let report = self.cache.pinned_report().await;
+                let body = serde_json::to_vec(&report).unwrap_or_default();
+                return Ok(json_response(Bytes::from(body), head));
+            }
             Route::Readyz => {
                 return Ok(if self.cache.is_ready() {
                     text_response(StatusCode::OK, "ready\n")

@@ -31,6 +31,8 @@ pub enum Route {
     Readyz,
     /// `/cluster`: this node's peers and their health (JSON).
     Cluster,
+    /// `/pinned`: the pinned images and whether each is complete on disk (JSON).
+    Pinned,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +59,7 @@ pub fn parse(path: &str) -> Result<Route, PathError> {
         "/healthz" => return Ok(Route::Healthz),
         "/readyz" => return Ok(Route::Readyz),
         "/cluster" => return Ok(Route::Cluster),
+        "/pinned" => return Ok(Route::Pinned),
         _ => {}
     }
     let rest = path.strip_prefix("/v2/").ok_or(PathError::NotFound)?;

@@ -22,6 +22,7 @@ pub mod access;
 pub mod blob;
 pub mod inflight;
 pub mod manifests;
+pub mod pins;
 pub mod tags;
 
 use std::sync::{Arc, RwLock};
@@ -41,6 +42,7 @@ pub use blob::{Blob, BodyStream};
 use inflight::Interrupted;
 pub use manifests::Manifest;
 use manifests::Manifests;
+use pins::{PinnedReport, Pins};
 
 /// How a request was answered, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +168,8 @@ pub struct ManifestAnswer {
 }
 
 pub struct Cache {
-    /// The config the cache started with (reload changes only registries).
+    /// The config the cache started with (reload changes only registries
+    /// and the `[prefetch]` section, held by `pins`).
     config: Config,
     /// Swapped whole on reload (SIGHUP); requests in flight keep the
     /// registries they started with.
@@ -176,6 +179,7 @@ pub struct Cache {
     manifests: Arc<Manifests>,
     access: Access,
     cluster: Option<Arc<Cluster>>,
+    pins: Pins,
 }
 
 impl Cache {
@@ -195,6 +199,7 @@ impl Cache {
         };
         Ok(Cache {
             cluster,
+            pins: Pins::new(store.clone(), config.prefetch.clone()),
             registries: RwLock::new(Arc::new(registries)),
             blobs: Blobs::new(store.clone(), metrics.clone()),
             manifests: Arc::new(Manifests::new(store.clone(), config.tag_ttl, metrics)),
@@ -214,6 +219,22 @@ impl Cache {
 
     pub fn manifests(&self) -> &Manifests {
         &self.manifests
+    }
+
+    /// Pinned images and the `[prefetch]` section in force.
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// Pins `image` from what is on disk (see [`pins`]); whether it is
+    /// complete there.
+    pub async fn pin_image(&self, image: &crate::oci::ImageRef) -> Result<bool, CacheError> {
+        Ok(self.pins.pin(self.manifests.tags(), image).await?)
+    }
+
+    /// Every configured pinned image and whether it is complete on disk.
+    pub async fn pinned_report(&self) -> PinnedReport {
+        self.pins.report(self.manifests.tags()).await
     }
 
     /// The cluster tier, if configured.
@@ -249,8 +270,10 @@ impl Cache {
     }
 
     /// Replaces the registries and their upstreams with those of `config`
-    /// (SIGHUP). Requests already under way finish with the old ones. Other
-    /// settings need a restart; a change to them is reported and ignored.
+    /// (SIGHUP), and takes the new `[prefetch]` section (images removed from
+    /// `pinned` go back to the LRU). Requests already under way finish with
+    /// the old registries. Other settings need a restart; a change to them
+    /// is reported and ignored.
     pub fn reload(&self, config: &Config, metrics: &Arc<Metrics>) -> Result<(), CacheError> {
         let registries = Registries::new(config, metrics).map_err(CacheError::Upstream)?;
         let old = &self.config;
@@ -271,6 +294,7 @@ impl Cache {
             tracing::warn!(settings = ?ignored, "these settings change only on restart");
         }
         *self.registries.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registries);
+        self.pins.reload(config.prefetch.clone());
         tracing::info!(
             registries = config.registries.len(),
             "registries and upstreams reloaded"

@@ -31,7 +31,7 @@ impl TagKey {
     }
 
     /// The store id of this tag's record.
-    fn id(&self) -> Digest {
+    pub fn id(&self) -> Digest {
         Digest::of(self.to_string().as_bytes())
     }
 }

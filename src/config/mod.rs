@@ -104,6 +104,10 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct Prefetch {
     pub images: Vec<ImageRef>,
+    /// Prefetched like `images`, and never evicted by the LRU.
+    pub pinned: Vec<ImageRef>,
+    /// The most disk pinned content may take (a pin beyond it is refused).
+    pub pinned_max_size: u64,
     pub interval: Duration,
 }
 

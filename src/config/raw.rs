@@ -48,7 +48,11 @@ pub struct RawCluster {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrefetch {
+    #[serde(default)]
     pub images: Vec<String>,
+    #[serde(default)]
+    pub pinned: Vec<String>,
+    pub pinned_max_size: Option<String>,
     pub interval: Option<String>,
 }
 

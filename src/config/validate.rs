@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::raw::{RawCluster, RawConfig, RawUpstream};
+use super::raw::{RawCluster, RawConfig, RawPrefetch, RawUpstream};
 use super::units::{parse_duration, parse_free_space, parse_size};
 use super::{
     normalize_peer_url, BreakerPolicy, Cluster, Config, FreeSpace, Prefetch, Problem, Registry,
@@ -153,7 +153,7 @@ pub fn validate(raw: RawConfig, problems: &mut Problems) -> Config {
     let cluster = raw.cluster.map(|c| cluster(c, problems));
     let prefetch = raw
         .prefetch
-        .map(|p| prefetch(p.images, p.interval, &registries, problems));
+        .map(|p| prefetch(p, cache_max_size, &registries, problems));
 
     Config {
         listen,
@@ -502,25 +502,30 @@ fn endpoint(url: &str) -> Option<(String, u16)> {
 }
 
 fn prefetch(
-    images: Vec<String>,
-    interval: Option<String>,
+    p: RawPrefetch,
+    cache_max_size: u64,
     registries: &[Registry],
     problems: &mut Problems,
 ) -> Prefetch {
-    let mut refs = Vec::new();
-    for (i, img) in images.iter().enumerate() {
-        let key = format!("prefetch.images[{i}]");
-        match img.parse::<ImageRef>() {
-            Ok(r) => {
-                if !registries.iter().any(|x| x.host == r.registry) {
-                    problems.push(key, format!("registry {:?} is not configured", r.registry));
+    let mut refs = |list: &[String], key: &str| -> Vec<ImageRef> {
+        let mut out = Vec::new();
+        for (i, img) in list.iter().enumerate() {
+            let key = format!("prefetch.{key}[{i}]");
+            match img.parse::<ImageRef>() {
+                Ok(r) => {
+                    if !registries.iter().any(|x| x.host == r.registry) {
+                        problems.push(key, format!("registry {:?} is not configured", r.registry));
+                    }
+                    out.push(r);
                 }
-                refs.push(r);
+                Err(e) => problems.push(key, e.to_string()),
             }
-            Err(e) => problems.push(key, e.to_string()),
         }
-    }
-    let interval = match parse_duration(interval.as_deref().unwrap_or("6h")) {
+        out
+    };
+    let images = refs(&p.images, "images");
+    let pinned = refs(&p.pinned, "pinned");
+    let interval = match parse_duration(p.interval.as_deref().unwrap_or("6h")) {
         Ok(d) if d >= Duration::from_secs(60) => d,
         Ok(_) => {
             problems.push("prefetch.interval", "must be at least 1m");
@@ -531,8 +536,27 @@ fn prefetch(
             Duration::from_secs(3600)
         }
     };
+    // Pinned content is a share of the cache: the LRU must keep room for
+    // everything else.
+    let pinned_max_size = match p.pinned_max_size.as_deref().map(parse_size) {
+        None => cache_max_size / 4,
+        Some(Ok(n)) if n <= cache_max_size => n,
+        Some(Ok(n)) => {
+            problems.push(
+                "prefetch.pinned_max_size",
+                format!("{n} bytes is more than cache_max_size ({cache_max_size})"),
+            );
+            cache_max_size / 4
+        }
+        Some(Err(e)) => {
+            problems.push("prefetch.pinned_max_size", e);
+            cache_max_size / 4
+        }
+    };
     Prefetch {
-        images: refs,
+        images,
+        pinned,
+        pinned_max_size,
         interval,
     }
 }

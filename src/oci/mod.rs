@@ -7,8 +7,10 @@ pub mod code;
 pub mod digest;
 pub mod media;
 pub mod name;
+pub mod platform;
 pub mod reference;
 
 pub use code::ErrorCode;
 pub use digest::{Digest, DigestError, Hasher};
+pub use platform::node_platform;
 pub use reference::{ImageRef, Reference};

@@ -58,16 +58,15 @@ pub struct Running {
     pub api: Arc<Api>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-    prefetcher: Option<JoinHandle<()>>,
+    /// Keeps the `[prefetch]` images warm and the pinned ones pinned.
+    prefetcher: JoinHandle<()>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight responses finish (bounded by the
     /// grace period), then returns.
     pub async fn shutdown(mut self) {
-        if let Some(p) = self.prefetcher.take() {
-            p.abort();
-        }
+        self.prefetcher.abort();
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -114,11 +113,12 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     }
 
     let metrics = Arc::new(Metrics::new());
-    let prefetch = config.prefetch.clone();
     let tls_on = config.tls.is_some();
     let cache = Arc::new(Cache::open(config, metrics.clone())?);
     tasks::rebuild_index(cache.store().clone());
     let api = Arc::new(Api::new(cache.clone(), metrics.clone()));
+    let own = crate::config::listen_url(addr, tls_on);
+    let prefetcher = tokio::spawn(tasks::keep_warm(own, cache.clone()));
     let listeners = Listeners {
         api: listener,
         tls,
@@ -136,10 +136,6 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         .await
     });
     tracing::info!(%addr, metrics = ?metrics_addr, peers = ?peer_addr, "tender listening");
-    let prefetcher = prefetch.map(|p| {
-        let own = crate::config::listen_url(addr, tls_on);
-        tokio::spawn(tasks::scheduled_prefetch(own, p))
-    });
     Ok(Running {
         addr,
         metrics_addr,

@@ -1,5 +1,6 @@
 //! Background work of a running daemon: the index rebuild at start, access
-//! times flushed to the store, the scrub, and the scheduled prefetch.
+//! times flushed to the store, the scrub, and the scheduled prefetch (which
+//! also pins the pinned images).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
-use crate::config::Prefetch;
+use crate::oci::ImageRef;
 use crate::store::Store;
 
 /// How often access order is written to the store's mtimes.
@@ -68,9 +69,12 @@ pub fn scrub(cache: &Cache) -> Option<JoinHandle<()>> {
     }))
 }
 
-/// Pulls the configured images through this tender now and then every
-/// `interval`, so that a node has them before its pods ask.
-pub async fn scheduled_prefetch(base: String, p: Prefetch) {
+/// Keeps the `[prefetch]` images warm: pins the pinned ones from disk as
+/// soon as the index is built (before anything else could evict them), then
+/// pulls every image through this tender (pinned first) now and every
+/// `interval`, pinning each pinned image again after its pull. A reload
+/// that changes the section starts a round at once.
+pub async fn keep_warm(base: String, cache: Arc<Cache>) {
     let client = match crate::prefetch::local_client(&base) {
         Ok(c) => c,
         Err(e) => {
@@ -78,18 +82,56 @@ pub async fn scheduled_prefetch(base: String, p: Prefetch) {
             return;
         }
     };
-    let platform = crate::prefetch::node_platform();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Pins count stored objects at their size on disk: wait for the index.
+    while !cache.store().is_indexed() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(p) = cache.pins().prefetch() {
+        for image in &p.pinned {
+            pin(&cache, image).await;
+        }
+    }
+    let platform = crate::oci::node_platform();
     loop {
-        for image in &p.images {
+        let Some(p) = cache.pins().prefetch() else {
+            cache.pins().changed().await;
+            continue;
+        };
+        let pinned = p.pinned.iter().map(|i| (i, true));
+        for (image, pinned) in pinned.chain(p.images.iter().map(|i| (i, false))) {
             let started = std::time::Instant::now();
             match crate::prefetch::prefetch(&client, &base, image, platform, &mut |_| {}).await {
                 Ok(bytes) => {
-                    tracing::info!(image = %image, bytes, ms = started.elapsed().as_millis() as u64, "prefetched")
+                    tracing::info!(image = %image, bytes, ms = started.elapsed().as_millis() as u64, "prefetched");
+                    if pinned {
+                        cache.pins().note_fetch(image, None);
+                    }
                 }
-                Err(e) => tracing::warn!(image = %image, error = %e, "prefetch failed"),
+                Err(e) => {
+                    tracing::warn!(image = %image, error = %e, "prefetch failed");
+                    if pinned {
+                        cache.pins().note_fetch(image, Some(e.to_string()));
+                    }
+                }
+            }
+            if pinned {
+                pin(&cache, image).await;
             }
         }
-        tokio::time::sleep(p.interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(p.interval) => {}
+            _ = cache.pins().changed() => {}
+        }
+    }
+}
+
+/// Pins `image` from disk, logging the outcome.
+async fn pin(cache: &Cache, image: &ImageRef) {
+    match cache.pin_image(image).await {
+        Ok(true) => tracing::info!(image = %image, "pinned"),
+        Ok(false) => {
+            tracing::info!(image = %image, "pinned what is on disk; incomplete until prefetched")
+        }
+        Err(e) => tracing::error!(image = %image, error = %e, "cannot pin"),
     }
 }

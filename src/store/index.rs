@@ -29,6 +29,13 @@ pub struct Index {
     /// While a rebuild scans the disk: keys removed meanwhile, which the
     /// scan's results must not bring back.
     removed_during_scan: Option<HashSet<Key>>,
+    /// Pinned objects: how many pins hold each and the size its pin
+    /// declared (for objects not on disk yet). They stay in `entries` (and
+    /// count toward the disk in use) but never enter `order`: the LRU cannot
+    /// pick them.
+    pins: HashMap<Key, (u32, u64)>,
+    /// What each pin (an image) holds.
+    owners: HashMap<String, Vec<Key>>,
 }
 
 pub const LIVE_SEQ_BASE: u64 = 1 << 40;
@@ -45,6 +52,8 @@ impl Default for Index {
             next_seq: LIVE_SEQ_BASE,
             dirty: HashSet::new(),
             removed_during_scan: None,
+            pins: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 }
@@ -62,7 +71,9 @@ impl Index {
             self.order.remove(&old.seq);
             self.objects -= old.size;
         }
-        self.order.insert(seq, key);
+        if !self.pins.contains_key(&key) {
+            self.order.insert(seq, key);
+        }
         self.objects += size;
     }
 
@@ -73,7 +84,9 @@ impl Index {
             Some(e) => {
                 self.order.remove(&e.seq);
                 e.seq = seq;
-                self.order.insert(seq, key);
+                if !self.pins.contains_key(&key) {
+                    self.order.insert(seq, key);
+                }
                 self.next_seq += 1;
                 self.dirty.insert(key);
                 true
@@ -96,6 +109,80 @@ impl Index {
     #[cfg(test)]
     pub fn contains(&self, key: &Key) -> bool {
         self.entries.contains_key(key)
+    }
+
+    /// Pins `keys` (with their declared sizes) for `owner`, replacing what
+    /// it pinned before: the LRU no longer evicts them, whether indexed now
+    /// or later. Refused, pinning nothing, if all pins would then hold more
+    /// than `max` bytes (an object counts at its size on disk, or at its
+    /// declared size until it is stored); returns those bytes either way.
+    pub fn pin(&mut self, owner: &str, keys: Vec<(Key, u64)>, max: u64) -> Result<u64, u64> {
+        let previous: HashSet<Key> = self
+            .owners
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let mut held: HashMap<Key, u64> = self
+            .pins
+            .iter()
+            .filter(|(k, (n, _))| *n > 1 || !previous.contains(k))
+            .map(|(k, (_, declared))| (*k, *declared))
+            .collect();
+        held.extend(keys.iter().copied());
+        let bytes: u64 = held
+            .iter()
+            .map(|(k, declared)| self.entries.get(k).map_or(*declared, |e| e.size))
+            .sum();
+        if bytes > max {
+            return Err(bytes);
+        }
+        self.unpin(owner);
+        let mut mine = Vec::with_capacity(keys.len());
+        for (k, declared) in keys {
+            let pin = self.pins.entry(k).or_insert((0, declared));
+            pin.0 += 1;
+            pin.1 = declared;
+            if pin.0 == 1 {
+                if let Some(e) = self.entries.get(&k) {
+                    self.order.remove(&e.seq);
+                }
+            }
+            mine.push(k);
+        }
+        self.owners.insert(owner.to_string(), mine);
+        Ok(bytes)
+    }
+
+    /// Releases `owner`'s pins: objects no other pin holds go back to the
+    /// LRU (as they were last used).
+    pub fn unpin(&mut self, owner: &str) {
+        for k in self.owners.remove(owner).unwrap_or_default() {
+            let Some((n, _)) = self.pins.get_mut(&k) else {
+                continue;
+            };
+            *n -= 1;
+            if *n == 0 {
+                self.pins.remove(&k);
+                if let Some(e) = self.entries.get(&k) {
+                    self.order.insert(e.seq, k);
+                }
+            }
+        }
+    }
+
+    /// Disk taken by pinned objects that are indexed.
+    pub fn pinned_bytes(&self) -> u64 {
+        self.pins
+            .keys()
+            .filter_map(|k| self.entries.get(k).map(|e| e.size))
+            .sum()
+    }
+
+    /// The owners holding pins.
+    pub fn pin_owners(&self) -> Vec<String> {
+        self.owners.keys().cloned().collect()
     }
 
     /// Removes least recently used objects until the disk in use is at most
@@ -191,6 +278,54 @@ mod tests {
         idx.touch(k(0));
         assert_eq!(idx.evict_to(250), vec![k(1), k(2)]);
         assert_eq!(idx.used(), 200);
+    }
+
+    #[test]
+    fn pinned_objects_are_never_evicted_until_unpinned() {
+        let mut idx = Index::default();
+        for i in 0..4 {
+            idx.insert_newest(k(i), 100);
+        }
+        let p = |keys: &[u8]| keys.iter().map(|i| (k(*i), 100)).collect::<Vec<_>>();
+        assert_eq!(
+            idx.pin("img", p(&[0, 1, 9]), 1000),
+            Ok(300),
+            "k9 counts as declared"
+        );
+        idx.insert_newest(k(9), 100); // arrives after it was pinned
+        assert_eq!(idx.evict_to(0), vec![k(2), k(3)]);
+        assert_eq!(idx.used(), 300, "only pinned objects are left");
+        assert_eq!(idx.pinned_bytes(), 300);
+        idx.touch(k(0));
+        assert!(idx.evict_to(0).is_empty());
+        idx.unpin("img");
+        assert_eq!(idx.evict_to(0), vec![k(1), k(9), k(0)], "back in LRU order");
+    }
+
+    #[test]
+    fn shared_pins_and_the_cap() {
+        let mut idx = Index::default();
+        for i in 0..3 {
+            idx.insert_newest(k(i), 100);
+        }
+        let p = |keys: &[u8]| keys.iter().map(|i| (k(*i), 100)).collect::<Vec<_>>();
+        assert_eq!(idx.pin("a", p(&[0, 1]), 250), Ok(200));
+        assert_eq!(
+            idx.pin("b", p(&[1, 2]), 250),
+            Err(300),
+            "over the cap: refused"
+        );
+        assert_eq!(idx.pinned_bytes(), 200, "and nothing of it pinned");
+        assert_eq!(idx.pin("b", p(&[1]), 250), Ok(200));
+        assert_eq!(
+            idx.pin("c", vec![(k(7), 51)], 250),
+            Err(251),
+            "declared sizes count"
+        );
+        idx.unpin("a");
+        assert_eq!(idx.evict_to(0), vec![k(0), k(2)], "k1 is still held by b");
+        // Re-pinning an owner replaces its set rather than adding to it.
+        assert_eq!(idx.pin("b", p(&[1]), 100), Ok(100));
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub enum StoreError {
     InUse { path: PathBuf },
     #[error("stored object {} is corrupt: {why}", path.display())]
     Corrupt { path: PathBuf, why: String },
+    /// Pinning more would exceed `pinned_max_size`.
+    #[error("pinning {owner} would take pinned content to {need} bytes, over pinned_max_size ({max} bytes): not pinned")]
+    PinnedFull { owner: String, need: u64, max: u64 },
 }
 
 /// A file being filled inside the store (same file system as the final
@@ -111,6 +114,8 @@ pub struct Store {
     low_water: u64,
     space: space::Space,
     index: Mutex<Index>,
+    /// The most disk pinned objects may take (`pinned_max_size`).
+    pinned_max: AtomicU64,
     temp_seq: AtomicU64,
     indexed: AtomicBool,
     metrics: Arc<Metrics>,
@@ -159,6 +164,7 @@ impl Store {
             low_water: max_size / 10 * 9,
             space: space::Space::new(FreeSpace::Bytes(0)),
             index: Mutex::new(Index::default()),
+            pinned_max: AtomicU64::new(max_size / 4),
             temp_seq: AtomicU64::new(0),
             indexed: AtomicBool::new(false),
             metrics,
@@ -170,6 +176,60 @@ impl Store {
         s.lock().set_fixed_dirs(fixed.map(|m| usage(&m)).sum());
         s.migrate_flat_tags();
         Ok(s)
+    }
+
+    /// Sets the most disk pinned objects may take (`pinned_max_size`); pins
+    /// already held stay even if they now exceed it.
+    pub fn set_pinned_max(&self, max: u64) {
+        self.pinned_max.store(max, Ordering::Relaxed);
+    }
+
+    /// Pins `objects` for `owner` (an image), replacing what it pinned
+    /// before: the LRU never evicts them (a read error or a failed scrub
+    /// still removes a bad copy, which is pinned again when fetched).
+    /// Refused, leaving every pin as it was, if pinned content would exceed
+    /// `pinned_max_size`. Returns the bytes pinned in all.
+    pub fn pin(&self, owner: &str, objects: Vec<(Kind, Digest, u64)>) -> Result<u64, StoreError> {
+        let max = self.pinned_max();
+        let keys = objects.into_iter().map(|(k, d, n)| ((k, d), n)).collect();
+        let pinned = {
+            let mut idx = self.lock();
+            let r = idx.pin(owner, keys, max);
+            self.publish(&idx);
+            r
+        };
+        pinned.map_err(|need| StoreError::PinnedFull {
+            owner: owner.to_string(),
+            need,
+            max,
+        })
+    }
+
+    /// Releases `owner`'s pins: its objects go back to the LRU.
+    pub fn unpin(&self, owner: &str) {
+        let mut idx = self.lock();
+        idx.unpin(owner);
+        self.publish(&idx);
+    }
+
+    /// The most disk pinned objects may take.
+    pub fn pinned_max(&self) -> u64 {
+        self.pinned_max.load(Ordering::Relaxed)
+    }
+
+    /// The images (pin owners) holding pins now.
+    pub fn pin_owners(&self) -> Vec<String> {
+        self.lock().pin_owners()
+    }
+
+    /// Disk taken by pinned objects.
+    pub fn pinned_bytes(&self) -> u64 {
+        self.lock().pinned_bytes()
+    }
+
+    /// Whether an object is stored (on disk, whatever the index says).
+    pub fn has(&self, kind: Kind, d: &Digest) -> bool {
+        self.path(kind, d).is_file()
     }
 
     /// Sets the free-space watermark that fills must leave on the file system.
@@ -495,6 +555,7 @@ impl Store {
     fn publish(&self, idx: &Index) {
         self.metrics.cache_size.set(idx.used() as i64);
         self.metrics.cache_entries.set(idx.len() as i64);
+        self.metrics.cache_pinned.set(idx.pinned_bytes() as i64);
     }
 
     /// Disk the stored objects (blobs, manifests, tag records) take.

@@ -175,6 +175,12 @@ impl Fake {
         d
     }
 
+    /// The body of manifest `digest` stored under `repo`.
+    pub fn manifest_body(&self, repo: &str, digest: &str) -> Option<Bytes> {
+        let m = self.state.manifests.lock().unwrap();
+        m.get(&format!("{repo}@{digest}")).map(|(_, b)| b.clone())
+    }
+
     /// An image manifest referencing `config` and `layers` (digests, sizes).
     pub fn put_image(&self, repo: &str, tag: &str, layers: &[Vec<u8>]) -> (String, Vec<String>) {
         let config =

@@ -11,6 +11,7 @@
 //! - [`cluster`]: node configs for the cluster tier;
 //! - [`netns`], [`dns`]: network namespaces with shaped links, and a real
 //!   dnsmasq, for multi-node (cluster) tests;
+//! - [`prometheus`]: a real Prometheus server and its query API;
 //! - [`pull`]: a strict image puller (one GET per blob, every byte checked);
 //! - [`process`], [`http`], [`certs`], [`rng`]: tools, temp dirs, a blocking
 //!   HTTP client, test certificates, the one seeded PRNG;
@@ -31,6 +32,7 @@ pub mod http;
 pub mod image;
 pub mod netns;
 pub mod process;
+pub mod prometheus;
 pub mod pull;
 pub mod registry;
 pub mod rng;

@@ -28,7 +28,65 @@ pub fn diagnose(inputs: &Inputs) -> Vec<Finding> {
         ),
     });
     pull_path_findings(inputs, &node, &mut out);
+    pinned_findings(inputs, &mut out);
     out
+}
+
+/// One finding per pinned image: complete on disk, incomplete (what is
+/// missing), or not pinned (why).
+pub(super) fn pinned_findings(inputs: &Inputs, out: &mut Vec<Finding>) {
+    let report = match &inputs.pinned {
+        None => return,
+        Some(Err(e)) => {
+            out.push(Finding::warn(
+                format!("cannot read tender's pinned images: {e}"),
+                "check tender's log; `curl <mirror>/pinned` shows the same report",
+            ));
+            return;
+        }
+        Some(Ok(r)) => r,
+    };
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    for img in &report.images {
+        let size = format!(
+            "{:.1} MiB, {}/{} objects",
+            mib(img.bytes),
+            img.objects_stored,
+            img.objects
+        );
+        out.push(match (&img.problem, img.pinned, img.complete) {
+            (Some(p), false, _) => Finding::problem(
+                format!("pinned image {} is not pinned: {p}", img.image),
+                format!(
+                    "raise prefetch.pinned_max_size (now {:.1} MiB) or pin fewer images, then reload tender (SIGHUP)",
+                    mib(report.pinned_max_bytes)
+                ),
+            ),
+            (_, true, true) => Finding::ok(format!(
+                "pinned image {} is complete on disk ({size})",
+                img.image
+            )),
+            (problem, _, _) => Finding::warn(
+                format!(
+                    "pinned image {} is not complete on disk ({size}; missing {}){}",
+                    img.image,
+                    img.missing.join(", "),
+                    problem.as_ref().map(|p| format!("; {p}")).unwrap_or_default()
+                ),
+                format!(
+                    "tender fetches it at start and every prefetch.interval; `tender prefetch {}` fetches it now (its upstreams must be reachable)",
+                    img.image
+                ),
+            ),
+        });
+    }
+    if !report.images.is_empty() {
+        out.push(Finding::ok(format!(
+            "pinned content takes {:.1} MiB of pinned_max_size {:.1} MiB",
+            mib(report.pinned_bytes),
+            mib(report.pinned_max_bytes)
+        )));
+    }
 }
 
 pub(super) fn config_file_findings(inputs: &Inputs, node: &Node, out: &mut Vec<Finding>) {

@@ -1,5 +1,6 @@
 //! Reading the node: containerd's config file and version, the hosts
-//! directories containerd would use, and a `GET /v2/` to tender.
+//! directories containerd would use, a `GET /v2/` to tender and its
+//! pinned images (`GET /pinned`).
 
 use std::io;
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use super::containerd::{candidate_dirs, Node};
 use super::{FileState, HostDir, Inputs, PROBE_TIMEOUT};
+use crate::cache::pins::PinnedReport;
 
 /// Reads the node: the containerd config, the hosts directories containerd
 /// would use for `registries` (or `hosts_dir_override`), `containerd
@@ -26,7 +28,11 @@ pub fn gather(
         registries: registries.to_vec(),
         mirror: mirror.to_string(),
         tender_probe: probe_tender(mirror, PROBE_TIMEOUT),
+        pinned: None,
     };
+    if inputs.tender_probe.is_ok() {
+        inputs.pinned = pinned(mirror, PROBE_TIMEOUT);
+    }
     let roots = Node::new(&inputs).roots;
     for root in &roots {
         for registry in registries {
@@ -47,6 +53,48 @@ pub fn gather(
         }
     }
     inputs
+}
+
+/// `GET <mirror>/pinned`: the pinned images as tender finds them on disk.
+/// `None` from a tender without that endpoint (404).
+fn pinned(mirror: &str, timeout: Duration) -> Option<Result<PinnedReport, String>> {
+    let url = format!("{}/pinned", mirror.trim_end_matches('/'));
+    let get = move || -> Option<Result<PinnedReport, String>> {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => return Some(Err(format!("cannot start the request: {e}"))),
+        };
+        runtime.block_on(async {
+            let client = crate::prefetch::local_client(&url)
+                .map_err(|e| format!("cannot start the request: {e}"));
+            let resp = match client {
+                Ok(c) => c.get(&url).timeout(timeout).send().await,
+                Err(e) => return Some(Err(e)),
+            };
+            let resp = match resp {
+                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return None,
+                Ok(r) if !r.status().is_success() => {
+                    return Some(Err(format!("GET {url} answered {}", r.status())))
+                }
+                Ok(r) => r,
+                Err(e) => return Some(Err(describe_request_error(&e, timeout))),
+            };
+            let body = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) => return Some(Err(describe_request_error(&e, timeout))),
+            };
+            Some(
+                serde_json::from_slice::<PinnedReport>(&body)
+                    .map_err(|e| format!("GET {url}: unreadable answer: {e}")),
+            )
+        })
+    };
+    std::thread::spawn(get)
+        .join()
+        .unwrap_or_else(|_| Some(Err("the request thread panicked".to_string())))
 }
 
 /// `GET <mirror>/v2/`: 200 with `Docker-Distribution-Api-Version:

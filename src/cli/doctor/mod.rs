@@ -53,6 +53,8 @@ mod tests;
 
 use std::time::Duration;
 
+use crate::cache::pins::PinnedReport;
+
 pub use diagnose::diagnose;
 pub use gather::{gather, probe_tender};
 pub use render::{exit_code, render};
@@ -110,6 +112,9 @@ pub struct Inputs {
     pub mirror: String,
     /// Result of `GET <mirror>/v2/`.
     pub tender_probe: Result<(), String>,
+    /// `GET <mirror>/pinned`, when tender answered the probe: the pinned
+    /// images and whether each is complete on disk.
+    pub pinned: Option<Result<PinnedReport, String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -92,6 +92,7 @@ fn node(config: Option<&str>, version: Option<&str>) -> Inputs {
         registries: vec!["docker.io".to_string(), "quay.io".to_string()],
         mirror: MIRROR.to_string(),
         tender_probe: Ok(()),
+        pinned: None,
     }
 }
 

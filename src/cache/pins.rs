@@ -1,0 +1,300 @@
+//! Pinned images (`[prefetch] pinned`): what a node must keep even when the
+//! cache fills with application layers (pause, CNI, kube-proxy on an
+//! air-gapped or flaky-egress cluster).
+//!
+//! An image is pinned from what is on disk: its tag record, its manifest
+//! (and, from an index, the node platform's manifest), its config and
+//! layers. Those objects leave the LRU (see `store::Index::pin`); objects the
+//! image names but the disk lacks yet are pinned as they arrive. The
+//! scheduled prefetch (server `tasks`) fetches pinned images first and pins
+//! each again after it, so a tag that moved pins its new content and lets
+//! the old go back to the LRU. Pins live in memory: a restart pins again
+//! from disk before it fetches anything, and an image removed from the
+//! config (reload or restart) is unpinned.
+//!
+//! Bounded: one pin and at most one problem per configured image.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::tags::{TagKey, Tags};
+use crate::config::Prefetch;
+use crate::oci::{Digest, ImageRef};
+use crate::store::{Kind, Store, StoreError};
+
+/// Most missing objects a status lists by name.
+const MISSING_LISTED: usize = 8;
+
+/// What `/pinned` answers (and `tender doctor` reads).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinnedReport {
+    /// Disk taken by pinned objects now.
+    pub pinned_bytes: u64,
+    /// `pinned_max_size`.
+    pub pinned_max_bytes: u64,
+    pub images: Vec<PinnedImage>,
+}
+
+/// One configured pinned image, as found on disk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinnedImage {
+    pub image: String,
+    /// Held out of the LRU now.
+    pub pinned: bool,
+    /// Every object the image needs on this node is on disk.
+    pub complete: bool,
+    /// The image's size as its manifests declare it (what is known so far).
+    pub bytes: u64,
+    /// Objects named and stored / named in all.
+    pub objects_stored: usize,
+    pub objects: usize,
+    /// The first few objects not on disk (`tag record`, `manifest sha256:...`,
+    /// `blob sha256:...`).
+    pub missing: Vec<String>,
+    /// Why it is not pinned (or not wholly), when it last failed.
+    pub problem: Option<String>,
+}
+
+/// An image resolved from disk.
+struct Resolved {
+    /// Every object it names that is known so far, with declared sizes.
+    objects: Vec<(Kind, Digest, u64)>,
+    stored: usize,
+    missing: Vec<String>,
+    /// Whether its manifests were found, so that `objects` is the whole image.
+    whole: bool,
+}
+
+impl Resolved {
+    fn note(&mut self, kind: Kind, d: Digest, declared: u64, present: bool, what: String) {
+        self.objects.push((kind, d, declared));
+        if present {
+            self.stored += 1;
+        } else {
+            self.missing.push(what);
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.whole && self.missing.is_empty()
+    }
+}
+
+pub struct Pins {
+    store: Arc<Store>,
+    /// The `[prefetch]` section in force (reloaded on SIGHUP).
+    prefetch: RwLock<Option<Prefetch>>,
+    /// Why an image could not be pinned or fetched, when it last could not.
+    problems: Mutex<HashMap<String, String>>,
+    /// Woken when the `[prefetch]` section changes.
+    changed: Notify,
+}
+
+impl Pins {
+    pub fn new(store: Arc<Store>, prefetch: Option<Prefetch>) -> Pins {
+        if let Some(p) = &prefetch {
+            store.set_pinned_max(p.pinned_max_size);
+        }
+        Pins {
+            store,
+            prefetch: RwLock::new(prefetch),
+            problems: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The `[prefetch]` section in force.
+    pub fn prefetch(&self) -> Option<Prefetch> {
+        self.prefetch
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Resolves when the `[prefetch]` section changed (after [`Pins::reload`]).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Takes a new `[prefetch]` section: images no longer pinned go back to
+    /// the LRU at once; new ones are pinned by the next prefetch round,
+    /// which this starts.
+    pub fn reload(&self, new: Option<Prefetch>) {
+        let wanted: Vec<String> = new
+            .iter()
+            .flat_map(|p| p.pinned.iter().map(ToString::to_string))
+            .collect();
+        for owner in self.store.pin_owners() {
+            if !wanted.contains(&owner) {
+                self.store.unpin(&owner);
+                tracing::info!(image = %owner, "unpinned: no longer in prefetch.pinned");
+            }
+        }
+        self.lock_problems().retain(|k, _| wanted.contains(k));
+        if let Some(p) = &new {
+            self.store.set_pinned_max(p.pinned_max_size);
+        }
+        *self.prefetch.write().unwrap_or_else(|p| p.into_inner()) = new;
+        self.changed.notify_one();
+    }
+
+    fn lock_problems(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.problems.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records why `image` could not be fetched (or clears it).
+    pub fn note_fetch(&self, image: &ImageRef, problem: Option<String>) {
+        let mut problems = self.lock_problems();
+        match problem {
+            Some(p) => problems.insert(image.to_string(), format!("prefetch failed: {p}")),
+            None => problems.remove(&image.to_string()),
+        };
+    }
+
+    /// Pins `image` from what is on disk (replacing its previous pin).
+    /// Returns whether it is complete on disk; refused with
+    /// [`StoreError::PinnedFull`] when it would take pinned content over
+    /// `pinned_max_size`, and then not pinned at all (a part of an image
+    /// helps nobody; the operator sees why in the log, `/pinned` and
+    /// `tender doctor`).
+    pub async fn pin(&self, tags: &Tags, image: &ImageRef) -> Result<bool, StoreError> {
+        let r = self.resolve(tags, image).await;
+        let owner = image.to_string();
+        match self.store.pin(&owner, r.objects.clone()) {
+            Ok(_) => {
+                self.lock_problems()
+                    .retain(|k, v| k != &owner || v.starts_with("prefetch failed"));
+                Ok(r.complete())
+            }
+            Err(e) => {
+                self.store.unpin(&owner);
+                self.lock_problems().insert(owner, e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Every configured pinned image, as found on disk now.
+    pub async fn report(&self, tags: &Tags) -> PinnedReport {
+        let pinned = self.prefetch().map(|p| p.pinned).unwrap_or_default();
+        let owners = self.store.pin_owners();
+        let mut images = Vec::with_capacity(pinned.len());
+        for image in &pinned {
+            let r = self.resolve(tags, image).await;
+            let name = image.to_string();
+            let mut missing = r.missing.clone();
+            missing.truncate(MISSING_LISTED);
+            images.push(PinnedImage {
+                pinned: owners.contains(&name),
+                complete: r.complete(),
+                bytes: r.objects.iter().map(|(_, _, n)| n).sum(),
+                objects_stored: r.stored,
+                objects: r.objects.len(),
+                missing,
+                problem: self.lock_problems().get(&name).cloned(),
+                image: name,
+            });
+        }
+        PinnedReport {
+            pinned_bytes: self.store.pinned_bytes(),
+            pinned_max_bytes: self.store.pinned_max(),
+            images,
+        }
+    }
+
+    /// What `image` names, from disk: tag record → manifest → the node
+    /// platform's manifest (from an index) → config and layers.
+    async fn resolve(&self, tags: &Tags, image: &ImageRef) -> Resolved {
+        let mut r = Resolved {
+            objects: Vec::new(),
+            stored: 0,
+            missing: Vec::new(),
+            whole: false,
+        };
+        let top = match image.reference.parse::<Digest>() {
+            Ok(d) => d,
+            Err(_) => {
+                let key = TagKey::new(&image.registry, &image.repository, &image.reference);
+                let entry = tags.get(&key).await;
+                r.note(Kind::Tag, key.id(), 0, entry.is_some(), "tag record".into());
+                match entry {
+                    Some(e) => e.digest,
+                    None => return r,
+                }
+            }
+        };
+        let store = self.store.clone();
+        let platform = crate::oci::node_platform();
+        let walk = tokio::task::spawn_blocking(move || manifests_on_disk(&store, top, platform, r));
+        walk.await.unwrap_or_else(|e| Resolved {
+            objects: Vec::new(),
+            stored: 0,
+            missing: vec![format!("internal error: {e}")],
+            whole: false,
+        })
+    }
+}
+
+/// Follows `top` on disk (blocking): manifests, then blobs (statted).
+fn manifests_on_disk(
+    store: &Store,
+    top: Digest,
+    (os, arch): (&str, &str),
+    mut r: Resolved,
+) -> Resolved {
+    let mut digest = top;
+    // An index, then one manifest: never deeper.
+    for _ in 0..2 {
+        let manifest = store.read_manifest(&digest).ok().flatten();
+        let json = manifest.as_ref().and_then(|(_, body)| {
+            // Verified like every manifest read from disk.
+            (Digest::of(body) == digest)
+                .then(|| serde_json::from_slice::<serde_json::Value>(body).ok())
+                .flatten()
+        });
+        let size = manifest.as_ref().map_or(0, |(_, b)| b.len() as u64);
+        r.note(
+            Kind::Manifest,
+            digest,
+            size,
+            json.is_some(),
+            format!("manifest {digest}"),
+        );
+        let Some(json) = json else {
+            return r;
+        };
+        if let Some(list) = json.get("manifests").and_then(|m| m.as_array()) {
+            let pick = list
+                .iter()
+                .find(|m| m["platform"]["os"] == os && m["platform"]["architecture"] == arch)
+                .and_then(|m| m["digest"].as_str()?.parse::<Digest>().ok());
+            match pick {
+                Some(d) => digest = d,
+                None => {
+                    r.missing
+                        .push(format!("no {os}/{arch} manifest in the index"));
+                    return r;
+                }
+            }
+            continue;
+        }
+        let blobs = std::iter::once(&json["config"])
+            .chain(json["layers"].as_array().into_iter().flatten())
+            .filter_map(|b| {
+                Some((
+                    b["digest"].as_str()?.parse::<Digest>().ok()?,
+                    b["size"].as_u64()?,
+                ))
+            });
+        for (d, size) in blobs {
+            let present = store.blob_size(&d).ok().flatten() == Some(size);
+            r.note(Kind::Blob, d, size, present, format!("blob {d}"));
+        }
+        r.whole = true;
+        return r;
+    }
+    r
+}
