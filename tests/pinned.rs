@@ -152,6 +152,22 @@ async fn pinned_images_survive_lru_pressure_and_unpinned_prefetches_do_not() {
 
     // The other platform was never fetched.
     assert_eq!(fake.count("GET", &"0".repeat(64)), 0);
+
+    // `tender doctor` reads the same report from the running tender.
+    let base = d.base.clone();
+    let inputs = tokio::task::spawn_blocking(move || {
+        let none = std::path::Path::new("/nonexistent/config.toml");
+        tender::cli::doctor::gather(none, None, &["docker.io".to_string()], &base)
+    })
+    .await
+    .unwrap();
+    let findings = tender::cli::doctor::diagnose(&inputs);
+    assert!(
+        findings.iter().any(|f| f
+            .what
+            .contains("pinned image docker.io/library/pause:3.10 is complete on disk")),
+        "{findings:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,8 +134,8 @@ max_connections = {{ .Values.limits.maxConnections | int64 }}
 max_connections_per_client = {{ .Values.limits.maxConnectionsPerClient | int64 }}
 {{- $tlsDir := include "tender.tlsDir" . }}
 {{- if .Values.tls.secretName }}
-{{- if .Values.prefetch.images }}
-{{- fail "prefetch.images cannot be used with tls.secretName: tender's scheduled prefetch pulls from its own listen port over plain HTTP" }}
+{{- if or .Values.prefetch.images .Values.prefetch.pinned }}
+{{- fail "prefetch.images and prefetch.pinned cannot be used with tls.secretName: tender's scheduled prefetch pulls from its own listen port over plain HTTP" }}
 {{- end }}
 tls_cert_file = {{ printf "%s/api/tls.crt" $tlsDir | toJson }}
 tls_key_file = {{ printf "%s/api/tls.key" $tlsDir | toJson }}
@@ -201,10 +201,14 @@ token_file = {{ printf "%s/%s" (include "tender.peerTokenDir" .) .Values.cluster
 peer_timeout = {{ .Values.cluster.peerTimeout | toString | toJson }}
 dns_interval = {{ .Values.cluster.dnsInterval | toString | toJson }}
 {{- end }}
-{{- if .Values.prefetch.images }}
+{{- if or .Values.prefetch.images .Values.prefetch.pinned }}
 
 [prefetch]
-images = {{ .Values.prefetch.images | toJson }}
+images = {{ .Values.prefetch.images | default list | toJson }}
+pinned = {{ .Values.prefetch.pinned | default list | toJson }}
+{{- with .Values.prefetch.pinnedMaxSize }}
+pinned_max_size = {{ . | toString | toJson }}
+{{- end }}
 interval = {{ .Values.prefetch.interval | toString | toJson }}
 {{- end }}
 {{- end -}}

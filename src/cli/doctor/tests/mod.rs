@@ -4,6 +4,7 @@
 mod containerd_config;
 mod hosts_files;
 mod node;
+mod pinned;
 
 use super::*;
 
