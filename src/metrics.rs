@@ -17,6 +17,9 @@ pub struct Metrics {
     pub bytes_served: IntCounterVec,
     pub cache_size: IntGauge,
     pub cache_entries: IntGauge,
+    /// Tasks alive on tender's runtime (set when scraped): flat under a
+    /// steady load, back near its idle value after it.
+    pub runtime_tasks: IntGauge,
     /// Disk taken by pinned images ([prefetch] pinned), which the LRU keeps.
     pub cache_pinned: IntGauge,
     pub evictions: IntCounter,
@@ -218,6 +221,10 @@ impl Metrics {
             cache_entries: gauge(
                 "tender_cache_entries",
                 "Objects (blobs and manifests) in the cache.",
+            ),
+            runtime_tasks: gauge(
+                "tender_runtime_tasks",
+                "Tasks alive on tender's async runtime (connections, fills, background work).",
             ),
             cache_pinned: gauge(
                 "tender_cache_pinned_bytes",

@@ -83,6 +83,10 @@ impl Api {
         if let Some(c) = self.cache.cluster() {
             self.metrics.peers.set(c.live_peers() as i64);
         }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let tasks = rt.metrics().num_alive_tasks();
+            self.metrics.runtime_tasks.set(tasks as i64);
+        }
         self.metrics.render()
     }
 

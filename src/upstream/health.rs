@@ -1,7 +1,8 @@
 //! Per-upstream health: a circuit breaker and 429 back-off.
 //!
-//! After `failures` consecutive failures (connect errors, timeouts, 5xx,
-//! broken bodies) an upstream is skipped for a cool-down; then one request
+//! After `failures` consecutive failures (connect errors, timeouts, 5xx), or
+//! as many bad bodies (broken, stalled, wrong digest) without a verified one
+//! between, an upstream is skipped for a cool-down; then one request
 //! probes it (half-open): success closes the breaker, failure reopens it with
 //! a doubled cool-down (capped). A 429 skips the upstream for its
 //! `Retry-After` (bounded), so containerd's immediate 429 retries never turn
@@ -24,6 +25,10 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 #[derive(Default)]
 struct State {
     consecutive: u32,
+    /// Bodies that broke, stalled or failed verification since the last
+    /// verified one. Apart from `consecutive`: the same response's headers
+    /// already counted as a success, which must not wipe this out.
+    bad_bodies: u32,
     open_until: Option<Instant>,
     cooldown: Duration,
     /// When the half-open probe was let through (one at a time; a probe that
@@ -100,8 +105,35 @@ impl Health {
         s.consecutive = 0;
         s.open_until = None;
         s.probe_started = None;
-        s.cooldown = self.policy.cooldown;
+        if s.bad_bodies < self.policy.failures {
+            s.cooldown = self.policy.cooldown;
+        }
         self.open_gauge.set(0);
+    }
+
+    /// A body from here broke, stalled or failed verification. After
+    /// `failures` of them with no verified body between, the breaker opens
+    /// (headers that look fine do not reset this count); each time it is let
+    /// back in and fails again, the cool-down doubles.
+    pub fn body_failure(&self) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        s.bad_bodies = s.bad_bodies.saturating_add(1);
+        if s.bad_bodies < self.policy.failures || s.open_until.is_some() {
+            return;
+        }
+        if s.bad_bodies > self.policy.failures {
+            s.cooldown = (s.cooldown * 2).min(self.policy.max_cooldown);
+        }
+        s.open_until = Some(now + s.cooldown);
+        self.open_gauge.set(1);
+        tracing::warn!(upstream = %self.name, bad_bodies = s.bad_bodies, cooldown = ?s.cooldown,
+            "upstream keeps sending broken or wrong bodies; circuit open, skipping it");
+    }
+
+    /// A body from here arrived whole and verified.
+    pub fn body_ok(&self) {
+        self.lock().bad_bodies = 0;
     }
 
     /// Records how long a request took to get its response headers.
@@ -143,7 +175,7 @@ impl Health {
         self.lock().open_until.is_some()
     }
 
-    /// The upstream failed: refused, timed out, 5xx, or broke a body.
+    /// The upstream failed: refused, timed out, 5xx, or lost a hedge.
     pub fn failure(&self) {
         let now = Instant::now();
         let mut s = self.lock();
@@ -185,6 +217,31 @@ mod tests {
             g,
             "u".into(),
         )
+    }
+
+    #[test]
+    fn bad_bodies_open_it_although_their_headers_were_fine() {
+        let h = health(3, 200);
+        for _ in 0..3 {
+            assert!(h.allow());
+            h.success(); // headers
+            h.body_failure(); // then a wrong digest
+        }
+        assert!(!h.allow(), "open after 3 bad bodies");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(h.allow(), "one probe");
+        h.success();
+        assert!(h.allow(), "its headers closed the breaker");
+        h.body_failure();
+        assert!(!h.allow(), "its body opened it again");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!h.allow(), "for a doubled cool-down (400 ms)");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(h.allow());
+        h.success();
+        h.body_ok();
+        h.body_failure();
+        assert!(h.allow(), "a verified body resets the count");
     }
 
     #[test]

@@ -175,6 +175,11 @@ impl Fake {
         d
     }
 
+    /// Forgets blob `digest` (it answers 404 from now on).
+    pub fn remove_blob(&self, digest: &str) {
+        self.state.blobs.lock().unwrap().remove(digest);
+    }
+
     /// The body of manifest `digest` stored under `repo`.
     pub fn manifest_body(&self, repo: &str, digest: &str) -> Option<Bytes> {
         let m = self.state.manifests.lock().unwrap();

@@ -3,6 +3,7 @@
 //! proxy in front of a real server that goes silent on demand (at once, or
 //! after so many bytes of a response). std only.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -112,7 +113,9 @@ pub struct FaultProxy {
     mode: Arc<Mutex<ProxyMode>>,
     accepted: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-    held: Arc<Mutex<Vec<TcpStream>>>,
+    /// Open connections (client side, server side) by id, for Drop; a
+    /// connection leaves when its client closes it.
+    held: Arc<Mutex<HashMap<u64, (TcpStream, TcpStream)>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -123,7 +126,7 @@ impl FaultProxy {
         let mode = Arc::new(Mutex::new(mode));
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let held: Arc<Mutex<HashMap<u64, (TcpStream, TcpStream)>>> = Arc::default();
         let (m, acc, st, h) = (mode.clone(), accepted.clone(), stop.clone(), held.clone());
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -131,16 +134,13 @@ impl FaultProxy {
                     break;
                 }
                 let Ok(client) = conn else { continue };
-                acc.fetch_add(1, Ordering::SeqCst);
+                let id = acc.fetch_add(1, Ordering::SeqCst) as u64;
                 let mode = *m.lock().unwrap();
-                if let Ok(c) = client.try_clone() {
-                    h.lock().unwrap().push(c);
-                }
                 let Ok(server) = TcpStream::connect(target) else {
                     continue;
                 };
-                if let Ok(s) = server.try_clone() {
-                    h.lock().unwrap().push(s);
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    h.lock().unwrap().insert(id, (c, s));
                 }
                 let limit = match mode {
                     ProxyMode::Pass => u64::MAX,
@@ -151,6 +151,7 @@ impl FaultProxy {
                 let (mut c_read, mut s_write) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let silent = mode == ProxyMode::Silent;
+                let h2 = h.clone();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 << 10];
                     loop {
@@ -164,6 +165,10 @@ impl FaultProxy {
                             Ok(_) => {}
                         }
                     }
+                    // The client is gone: close the server side too (which
+                    // ends the other thread) and forget the connection.
+                    let _ = s_write.shutdown(std::net::Shutdown::Both);
+                    h2.lock().unwrap().remove(&id);
                 });
                 // Server to client: up to the limit, then nothing (the
                 // connection stays open).
@@ -215,6 +220,15 @@ impl FaultProxy {
         *self.mode.lock().unwrap() = mode;
     }
 
+    /// Closes every open connection (a load balancer restarting): clients
+    /// must connect again, and get the current mode.
+    pub fn reset(&self) {
+        for (_, (c, s)) in self.held.lock().unwrap().drain() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Connections accepted so far.
     pub fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
@@ -228,8 +242,9 @@ impl Drop for FaultProxy {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        for c in self.held.lock().unwrap().drain(..) {
+        for (_, (c, s)) in self.held.lock().unwrap().drain() {
             let _ = c.shutdown(std::net::Shutdown::Both);
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 }

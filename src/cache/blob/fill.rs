@@ -223,7 +223,7 @@ impl FillTask<'_> {
                     }
                     resumed_at = here;
                     resumes += 1;
-                    br.upstream.health.failure();
+                    br.upstream.health.body_failure();
                     if br.upstream.role != Role::Upstream {
                         self.metrics
                             .peer_requests
@@ -271,6 +271,7 @@ impl FillTask<'_> {
             let received = sink.written + batch.len() as u64;
             if let Some(t) = total.filter(|t| received > *t) {
                 self.metrics.integrity_failures.inc();
+                br.upstream.health.body_failure();
                 return Err(FillError::Fetch(UpstreamError::Integrity(format!(
                     "{}: body longer than its {t} bytes",
                     br.upstream.url
@@ -288,16 +289,16 @@ impl FillTask<'_> {
         let actual = sink.hasher.clone().finish();
         if actual != digest {
             self.metrics.integrity_failures.inc();
-            if br.upstream.role != Role::Upstream {
-                // A peer that serves wrong bytes is skipped like a dead one.
-                br.upstream.health.failure();
-            }
+            // An upstream or peer that serves wrong bytes is skipped like a
+            // dead one (its breaker opens after `breaker_failures`).
+            br.upstream.health.body_failure();
             return Err(FillError::Fetch(UpstreamError::Integrity(format!(
                 "{}: digest mismatch: expected {digest}, got {actual}",
                 br.upstream.url
             ))));
         }
         let size = sink.written;
+        br.upstream.health.body_ok();
         // Verified: clients may have their last byte now. The commit's fsyncs
         // need not delay them; readers hold the file open, and a crash before
         // the rename only costs a refetch.
