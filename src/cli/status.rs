@@ -1,5 +1,6 @@
 //! `tender status`: a running tender's cache and hit ratio, from its metrics,
-//! and its peers with their health (the cluster tier), from `/cluster`.
+//! its peers with their health (the cluster tier), from `/cluster`, and its
+//! pinned images, from `/pinned`.
 
 use super::{mib, runtime, CliError};
 
@@ -20,13 +21,13 @@ pub fn run(base: &str) -> Result<i32, CliError> {
             Ok::<_, String>((status, text))
         }
     };
-    let (metrics, cluster) = runtime()?.block_on(async {
+    let (metrics, cluster, pinned) = runtime()?.block_on(async {
         let metrics = match get("/metrics").await {
             Ok((s, text)) if s.is_success() => Ok(text),
             Ok((s, _)) => Err(format!("{base}/metrics: HTTP {s}")),
             Err(e) => Err(e),
         };
-        (metrics, get("/cluster").await)
+        (metrics, get("/cluster").await, get("/pinned").await)
     });
     let text = metrics.map_err(|e| CliError::Failed(format!("tender is not answering: {e}")))?;
     print!("{}", Summary::from_metrics(&text).render(base));
@@ -35,7 +36,41 @@ pub fn run(base: &str) -> Result<i32, CliError> {
         // 404: no cluster tier configured.
         _ => println!("  cluster tier     off"),
     }
+    if let Ok((s, body)) = pinned {
+        if s.is_success() {
+            print!("{}", render_pinned(&body));
+        }
+    }
     Ok(0)
+}
+
+/// The pinned images, from `/pinned`'s JSON (nothing if none are configured).
+fn render_pinned(body: &str) -> String {
+    let Ok(r) = serde_json::from_str::<crate::cache::pins::PinnedReport>(body) else {
+        return "  pinned           (unreadable report)\n".into();
+    };
+    if r.images.is_empty() {
+        return String::new();
+    }
+    let complete = r.images.iter().filter(|i| i.pinned && i.complete).count();
+    let mut out = format!(
+        "  pinned           {complete}/{} images complete, {:.1} MiB of {:.1} MiB\n",
+        r.images.len(),
+        mib(r.pinned_bytes),
+        mib(r.pinned_max_bytes)
+    );
+    for i in &r.images {
+        let state = match (i.pinned, i.complete) {
+            (true, true) => "complete".to_string(),
+            (true, false) => format!("incomplete ({}/{} objects)", i.objects_stored, i.objects),
+            (false, _) => "NOT PINNED".to_string(),
+        };
+        out.push_str(&format!("    {:<40} {state}\n", i.image));
+        if let Some(p) = &i.problem {
+            out.push_str(&format!("      {p}\n"));
+        }
+    }
+    out
 }
 
 /// The peers section, from `/cluster`'s JSON.
@@ -176,5 +211,26 @@ mod tests {
         let s = Summary::from_metrics(text);
         assert_eq!((s.hits, s.misses), (4, 4));
         assert!(s.render("u").contains("50.0%"));
+    }
+
+    #[test]
+    fn pinned_images_are_listed_with_their_state() {
+        let body = r#"{"pinned_bytes":1048576,"pinned_max_bytes":4194304,"images":[
+          {"image":"registry.k8s.io/pause:3.10","pinned":true,"complete":true,"bytes":1,"objects_stored":5,"objects":5,"missing":[],"problem":null},
+          {"image":"docker.io/library/big:1","pinned":false,"complete":false,"bytes":1,"objects_stored":1,"objects":5,"missing":[],"problem":"over pinned_max_size"}]}"#;
+        let out = render_pinned(body);
+        assert!(
+            out.contains("1/2 images complete, 1.0 MiB of 4.0 MiB"),
+            "{out}"
+        );
+        assert!(out.contains("registry.k8s.io/pause:3.10"), "{out}");
+        assert!(
+            out.contains("NOT PINNED") && out.contains("over pinned_max_size"),
+            "{out}"
+        );
+        assert_eq!(
+            render_pinned(r#"{"pinned_bytes":0,"pinned_max_bytes":1,"images":[]}"#),
+            ""
+        );
     }
 }
