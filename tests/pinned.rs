@@ -93,17 +93,23 @@ async fn wait_for(d: &Daemon, image: &str, ok: impl Fn(&Value) -> bool) -> Value
     }
 }
 
-/// Pulls `n` distinct 100 KiB images (manifest and blobs) through tender.
-async fn fill(d: &Daemon, fake: &Fake, n: u64, seed: u64) {
+/// Pulls `n` distinct 100 KiB images (manifest and blobs) through tender,
+/// from registry `ns` (the default one if `None`).
+async fn fill(d: &Daemon, fake: &Fake, n: u64, seed: u64, ns: Option<&str>) {
+    let query = ns.map(|n| format!("?ns={n}")).unwrap_or_default();
     for i in 0..n {
         let repo = format!("library/app{seed}-{i}");
-        let (_, layers) = fake.put_image(&repo, "v1", &[random_bytes(100 * 1024, seed * 1000 + i)]);
+        let data = random_bytes(100 * 1024, seed * 1000 + i);
+        let (_, layers) = fake.put_image(&repo, "v1", &[data]);
         let r = d
-            .get_with(&format!("/v2/{repo}/manifests/v1"), &[("accept", MANIFEST)])
+            .get_with(
+                &format!("/v2/{repo}/manifests/v1{query}"),
+                &[("accept", MANIFEST)],
+            )
             .await;
         assert_eq!(r.status(), 200);
         for l in layers {
-            let r = d.get(&format!("/v2/{repo}/blobs/{l}")).await;
+            let r = d.get(&format!("/v2/{repo}/blobs/{l}{query}")).await;
             assert_eq!(r.status(), 200);
             r.bytes().await.unwrap();
         }
@@ -137,7 +143,7 @@ async fn pinned_images_survive_lru_pressure_and_unpinned_prefetches_do_not() {
     assert!(pinned_bytes >= 300.0 * 1024.0, "{pinned_bytes}");
 
     // 3 MiB of other images through a 2 MiB cache.
-    fill(&d, &fake, 30, 1).await;
+    fill(&d, &fake, 30, 1, None).await;
     assert!(d.metric("tender_cache_evictions_total") > 0.0);
     for b in &pause {
         assert!(d.has_blob(b), "pinned blob {b} was evicted");
@@ -215,7 +221,7 @@ async fn a_restart_with_every_upstream_down_pins_from_disk_and_a_reload_unpins()
     );
     let d = Daemon::start_in(tmp.subdir("cache"), &config, "cache_max_size = \"2MiB\"").await;
     wait_for(&d, PAUSE, |e| e["pinned"] == true && e["complete"] == true).await;
-    fill_ns(&d, &other, 30).await;
+    fill(&d, &other, 30, 2, Some("other.io")).await;
     assert!(d.metric("tender_cache_evictions_total") > 0.0);
     assert!(
         pause.iter().all(|b| d.has_blob(b)),
@@ -234,29 +240,9 @@ async fn a_restart_with_every_upstream_down_pins_from_disk_and_a_reload_unpins()
     d.cache().reload(&config, d.api().metrics()).unwrap();
     assert_eq!(d.metric("tender_cache_pinned_bytes"), 0.0);
     assert_eq!(report(&d).await["images"].as_array().unwrap().len(), 0);
-    fill_ns(&d, &other, 30).await;
+    fill(&d, &other, 30, 3, Some("other.io")).await;
     assert!(
         !pause.iter().all(|b| d.has_blob(b)),
         "unpinned content is evicted like any other"
     );
-}
-
-/// [`fill`] through the `other.io` registry.
-async fn fill_ns(d: &Daemon, fake: &Fake, n: u64) {
-    for i in 0..n {
-        let repo = format!("library/o{i}");
-        let (_, layers) = fake.put_image(&repo, "v1", &[random_bytes(100 * 1024, 5000 + i)]);
-        let r = d
-            .get_with(
-                &format!("/v2/{repo}/manifests/v1?ns=other.io"),
-                &[("accept", MANIFEST)],
-            )
-            .await;
-        assert_eq!(r.status(), 200);
-        for l in layers {
-            let r = d.get(&format!("/v2/{repo}/blobs/{l}?ns=other.io")).await;
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap();
-        }
-    }
 }
