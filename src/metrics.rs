@@ -20,6 +20,9 @@ pub struct Metrics {
     /// Tasks alive on tender's runtime (set when scraped): flat under a
     /// steady load, back near its idle value after it.
     pub runtime_tasks: IntGauge,
+    /// Configured pinned images by `state` (complete|incomplete|not_pinned),
+    /// as of their last pin (each prefetch round and each `/pinned`).
+    pub pinned_images: IntGaugeVec,
     /// Disk taken by pinned images ([prefetch] pinned), which the LRU keeps.
     pub cache_pinned: IntGauge,
     pub evictions: IntCounter,
@@ -176,7 +179,22 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let pinned_images = IntGaugeVec::new(
+            Opts::new(
+                "tender_pinned_images",
+                "Configured pinned images by state (complete|incomplete|not_pinned), as of their last pin.",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(pinned_images.clone()))
+            .expect("unique metric");
+        for state in ["complete", "incomplete", "not_pinned"] {
+            pinned_images.with_label_values(&[state]);
+        }
         Metrics {
+            pinned_images,
             ratelimit_limit: gauge_vec(
                 "tender_upstream_ratelimit_limit",
                 "The pull quota the upstream last stated (ratelimit-limit, e.g. Docker Hub's 100 per 6 h).",

@@ -139,6 +139,7 @@ async fn pinned_images_survive_lru_pressure_and_unpinned_prefetches_do_not() {
         Duration::from_secs(10),
         || { warm.iter().all(|l| d.has_blob(l)) }
     ));
+    assert_eq!(d.metric("tender_pinned_images{state=\"complete\"}"), 1.0);
     let pinned_bytes = d.metric("tender_cache_pinned_bytes");
     assert!(pinned_bytes >= 300.0 * 1024.0, "{pinned_bytes}");
 
@@ -196,6 +197,8 @@ async fn a_pin_over_pinned_max_size_is_refused_with_a_clear_error() {
     );
     assert_eq!(entry["pinned"], false);
     assert_eq!(d.metric("tender_cache_pinned_bytes"), 0.0);
+    assert_eq!(d.metric("tender_pinned_images{state=\"not_pinned\"}"), 1.0);
+    assert_eq!(d.metric("tender_pinned_images{state=\"complete\"}"), 0.0);
     // Still prefetched: it is in the cache, under the LRU.
     assert!(pause.iter().all(|b| d.has_blob(b)));
 }
@@ -240,6 +243,10 @@ async fn a_restart_with_every_upstream_down_pins_from_disk_and_a_reload_unpins()
     d.cache().reload(&config, d.api().metrics()).unwrap();
     assert_eq!(d.metric("tender_cache_pinned_bytes"), 0.0);
     assert_eq!(report(&d).await["images"].as_array().unwrap().len(), 0);
+    for state in ["complete", "incomplete", "not_pinned"] {
+        let sample = format!("tender_pinned_images{{state=\"{state}\"}}");
+        assert_eq!(d.metric(&sample), 0.0, "{sample}");
+    }
     fill(&d, &other, 30, 3, Some("other.io")).await;
     assert!(
         !pause.iter().all(|b| d.has_blob(b)),

@@ -199,7 +199,11 @@ impl Cache {
         };
         Ok(Cache {
             cluster,
-            pins: Pins::new(store.clone(), config.prefetch.clone()),
+            pins: Pins::new(
+                store.clone(),
+                config.prefetch.clone(),
+                metrics.pinned_images.clone(),
+            ),
             registries: RwLock::new(Arc::new(registries)),
             blobs: Blobs::new(store.clone(), metrics.clone()),
             manifests: Arc::new(Manifests::new(store.clone(), config.tag_ttl, metrics)),

@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use prometheus::IntGaugeVec;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -83,8 +84,32 @@ impl Resolved {
     }
 }
 
+/// How a configured image stands, as of its last pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Complete,
+    Incomplete,
+    NotPinned,
+}
+
+impl State {
+    const ALL: [State; 3] = [State::Complete, State::Incomplete, State::NotPinned];
+
+    fn label(self) -> &'static str {
+        match self {
+            State::Complete => "complete",
+            State::Incomplete => "incomplete",
+            State::NotPinned => "not_pinned",
+        }
+    }
+}
+
 pub struct Pins {
     store: Arc<Store>,
+    /// `tender_pinned_images{state}`.
+    gauge: IntGaugeVec,
+    /// Each configured image's state as of its last pin.
+    states: Mutex<HashMap<String, State>>,
     /// The `[prefetch]` section in force (reloaded on SIGHUP).
     prefetch: RwLock<Option<Prefetch>>,
     /// Why an image could not be pinned or fetched, when it last could not.
@@ -94,12 +119,14 @@ pub struct Pins {
 }
 
 impl Pins {
-    pub fn new(store: Arc<Store>, prefetch: Option<Prefetch>) -> Pins {
+    pub fn new(store: Arc<Store>, prefetch: Option<Prefetch>, gauge: IntGaugeVec) -> Pins {
         if let Some(p) = &prefetch {
             store.set_pinned_max(p.pinned_max_size);
         }
         Pins {
             store,
+            gauge,
+            states: Mutex::new(HashMap::new()),
             prefetch: RwLock::new(prefetch),
             problems: Mutex::new(HashMap::new()),
             changed: Notify::new(),
@@ -134,11 +161,34 @@ impl Pins {
             }
         }
         self.lock_problems().retain(|k, _| wanted.contains(k));
+        self.set_state(None, &wanted);
         if let Some(p) = &new {
             self.store.set_pinned_max(p.pinned_max_size);
         }
         *self.prefetch.write().unwrap_or_else(|p| p.into_inner()) = new;
         self.changed.notify_one();
+    }
+
+    /// Records `image`'s state (if given), forgets images not in `wanted`,
+    /// and updates the gauge.
+    fn set_state(&self, image: Option<(&str, State)>, wanted: &[String]) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((name, state)) = image {
+            states.insert(name.to_string(), state);
+        }
+        states.retain(|k, _| wanted.contains(k));
+        for s in State::ALL {
+            let n = states.values().filter(|v| **v == s).count();
+            self.gauge.with_label_values(&[s.label()]).set(n as i64);
+        }
+    }
+
+    /// The pinned images configured now, by name.
+    fn wanted(&self) -> Vec<String> {
+        let p = self.prefetch.read().unwrap_or_else(|p| p.into_inner());
+        p.iter()
+            .flat_map(|p| p.pinned.iter().map(ToString::to_string))
+            .collect()
     }
 
     fn lock_problems(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -163,7 +213,14 @@ impl Pins {
     pub async fn pin(&self, tags: &Tags, image: &ImageRef) -> Result<bool, StoreError> {
         let r = self.resolve(tags, image).await;
         let owner = image.to_string();
-        match self.store.pin(&owner, r.objects.clone()) {
+        let pinned = self.store.pin(&owner, r.objects.clone());
+        let state = match &pinned {
+            Ok(_) if r.complete() => State::Complete,
+            Ok(_) => State::Incomplete,
+            Err(_) => State::NotPinned,
+        };
+        self.set_state(Some((&owner, state)), &self.wanted());
+        match pinned {
             Ok(_) => {
                 self.lock_problems()
                     .retain(|k, v| k != &owner || v.starts_with("prefetch failed"));
@@ -177,9 +234,11 @@ impl Pins {
         }
     }
 
-    /// Every configured pinned image, as found on disk now.
+    /// Every configured pinned image, as found on disk now (which also
+    /// brings `tender_pinned_images` up to date).
     pub async fn report(&self, tags: &Tags) -> PinnedReport {
         let pinned = self.prefetch().map(|p| p.pinned).unwrap_or_default();
+        let pinned_names: Vec<String> = pinned.iter().map(ToString::to_string).collect();
         let owners = self.store.pin_owners();
         let mut images = Vec::with_capacity(pinned.len());
         for image in &pinned {
@@ -187,8 +246,15 @@ impl Pins {
             let name = image.to_string();
             let mut missing = r.missing.clone();
             missing.truncate(MISSING_LISTED);
+            let pinned = owners.contains(&name);
+            let state = match (pinned, r.complete()) {
+                (false, _) => State::NotPinned,
+                (true, true) => State::Complete,
+                (true, false) => State::Incomplete,
+            };
+            self.set_state(Some((&name, state)), &pinned_names);
             images.push(PinnedImage {
-                pinned: owners.contains(&name),
+                pinned,
                 complete: r.complete(),
                 bytes: r.objects.iter().map(|(_, _, n)| n).sum(),
                 objects_stored: r.stored,
