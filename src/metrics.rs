@@ -136,17 +136,6 @@ impl Metrics {
         registry
             .register(Box::new(upstream_latency.clone()))
             .expect("unique metric");
-        let upstream_circuit_open = IntGaugeVec::new(
-            Opts::new(
-                "tender_upstream_circuit_open",
-                "1 while the upstream's circuit breaker is open (it is being skipped).",
-            ),
-            &["registry", "upstream"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(upstream_circuit_open.clone()))
-            .expect("unique metric");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry
@@ -171,25 +160,24 @@ impl Metrics {
         for source in ["cache", "upstream", "peer"] {
             bytes_served.with_label_values(&[source]);
         }
-        let gauge_vec = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["registry", "upstream"])
-                .expect("valid metric");
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
             g
         };
-        let pinned_images = IntGaugeVec::new(
-            Opts::new(
-                "tender_pinned_images",
-                "Configured pinned images by state (complete|incomplete|not_pinned), as of their last pin.",
-            ),
+        const PER_UPSTREAM: &[&str] = &["registry", "upstream"];
+        let upstream_circuit_open = gauge_vec(
+            "tender_upstream_circuit_open",
+            "1 while the upstream's circuit breaker is open (it is being skipped).",
+            PER_UPSTREAM,
+        );
+        let pinned_images = gauge_vec(
+            "tender_pinned_images",
+            "Configured pinned images by state (complete|incomplete|not_pinned), as of their last pin.",
             &["state"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(pinned_images.clone()))
-            .expect("unique metric");
+        );
         for state in ["complete", "incomplete", "not_pinned"] {
             pinned_images.with_label_values(&[state]);
         }
@@ -198,14 +186,17 @@ impl Metrics {
             ratelimit_limit: gauge_vec(
                 "tender_upstream_ratelimit_limit",
                 "The pull quota the upstream last stated (ratelimit-limit, e.g. Docker Hub's 100 per 6 h).",
+                PER_UPSTREAM,
             ),
             ratelimit_remaining: gauge_vec(
                 "tender_upstream_ratelimit_remaining",
                 "Pulls left in the upstream's current window, as it last stated (ratelimit-remaining).",
+                PER_UPSTREAM,
             ),
             ratelimit_window: gauge_vec(
                 "tender_upstream_ratelimit_window_seconds",
                 "The window of the upstream's pull quota, in seconds (the w= of ratelimit-limit).",
+                PER_UPSTREAM,
             ),
             requests,
             upstream_requests,

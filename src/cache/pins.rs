@@ -12,7 +12,7 @@
 //! from disk before it fetches anything, and an image removed from the
 //! config (reload or restart) is unpinned.
 //!
-//! Bounded: one pin and at most one problem per configured image.
+//! Bounded: one pin and one status per configured image.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -60,6 +60,7 @@ pub struct PinnedImage {
 }
 
 /// An image resolved from disk.
+#[derive(Default)]
 struct Resolved {
     /// Every object it names that is known so far, with declared sizes.
     objects: Vec<(Kind, Digest, u64)>,
@@ -104,18 +105,45 @@ impl State {
     }
 }
 
+/// What is known of one configured image.
+#[derive(Debug, Default)]
+struct Status {
+    /// As of its last pin (or `/pinned`); `None` until then.
+    state: Option<State>,
+    /// Why its last pin was refused.
+    refused: Option<String>,
+    /// Why its last prefetch failed.
+    fetch_failed: Option<String>,
+}
+
+impl Status {
+    fn problem(&self) -> Option<String> {
+        let fetch = || {
+            self.fetch_failed
+                .as_ref()
+                .map(|e| format!("prefetch failed: {e}"))
+        };
+        self.refused.clone().or_else(fetch)
+    }
+}
+
 pub struct Pins {
     store: Arc<Store>,
     /// `tender_pinned_images{state}`.
     gauge: IntGaugeVec,
-    /// Each configured image's state as of its last pin.
-    states: Mutex<HashMap<String, State>>,
     /// The `[prefetch]` section in force (reloaded on SIGHUP).
     prefetch: RwLock<Option<Prefetch>>,
-    /// Why an image could not be pinned or fetched, when it last could not.
-    problems: Mutex<HashMap<String, String>>,
+    /// Each configured pinned image (only those) by name.
+    images: Mutex<HashMap<String, Status>>,
     /// Woken when the `[prefetch]` section changes.
     changed: Notify,
+}
+
+/// The names of the pinned images `p` configures.
+fn pinned_names(p: Option<&Prefetch>) -> Vec<String> {
+    p.iter()
+        .flat_map(|p| p.pinned.iter().map(ToString::to_string))
+        .collect()
 }
 
 impl Pins {
@@ -126,9 +154,8 @@ impl Pins {
         Pins {
             store,
             gauge,
-            states: Mutex::new(HashMap::new()),
             prefetch: RwLock::new(prefetch),
-            problems: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
             changed: Notify::new(),
         }
     }
@@ -150,58 +177,44 @@ impl Pins {
     /// the LRU at once; new ones are pinned by the next prefetch round,
     /// which this starts.
     pub fn reload(&self, new: Option<Prefetch>) {
-        let wanted: Vec<String> = new
-            .iter()
-            .flat_map(|p| p.pinned.iter().map(ToString::to_string))
-            .collect();
+        let wanted = pinned_names(new.as_ref());
         for owner in self.store.pin_owners() {
             if !wanted.contains(&owner) {
                 self.store.unpin(&owner);
                 tracing::info!(image = %owner, "unpinned: no longer in prefetch.pinned");
             }
         }
-        self.lock_problems().retain(|k, _| wanted.contains(k));
-        self.set_state(None, &wanted);
         if let Some(p) = &new {
             self.store.set_pinned_max(p.pinned_max_size);
         }
         *self.prefetch.write().unwrap_or_else(|p| p.into_inner()) = new;
+        self.update(None, |_| {});
         self.changed.notify_one();
     }
 
-    /// Records `image`'s state (if given), forgets images not in `wanted`,
-    /// and updates the gauge.
-    fn set_state(&self, image: Option<(&str, State)>, wanted: &[String]) {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((name, state)) = image {
-            states.insert(name.to_string(), state);
+    /// Applies `f` to `image`'s status (if it is configured), forgets
+    /// images no longer configured, and brings the gauge up to date.
+    fn update(&self, image: Option<&str>, f: impl FnOnce(&mut Status)) {
+        let wanted = pinned_names(
+            self.prefetch
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref(),
+        );
+        let mut images = self.images.lock().unwrap_or_else(|p| p.into_inner());
+        images.retain(|k, _| wanted.contains(k));
+        if let Some(name) = image.filter(|n| wanted.iter().any(|w| w == n)) {
+            f(images.entry(name.to_string()).or_default());
         }
-        states.retain(|k, _| wanted.contains(k));
         for s in State::ALL {
-            let n = states.values().filter(|v| **v == s).count();
+            let n = images.values().filter(|v| v.state == Some(s)).count();
             self.gauge.with_label_values(&[s.label()]).set(n as i64);
         }
     }
 
-    /// The pinned images configured now, by name.
-    fn wanted(&self) -> Vec<String> {
-        let p = self.prefetch.read().unwrap_or_else(|p| p.into_inner());
-        p.iter()
-            .flat_map(|p| p.pinned.iter().map(ToString::to_string))
-            .collect()
-    }
-
-    fn lock_problems(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.problems.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records why `image` could not be fetched (or clears it).
+    /// Records why `image` could not be fetched (or that it was).
     pub fn note_fetch(&self, image: &ImageRef, problem: Option<String>) {
-        let mut problems = self.lock_problems();
-        match problem {
-            Some(p) => problems.insert(image.to_string(), format!("prefetch failed: {p}")),
-            None => problems.remove(&image.to_string()),
-        };
+        self.update(Some(&image.to_string()), |s| s.fetch_failed = problem);
     }
 
     /// Pins `image` from what is on disk (replacing its previous pin).
@@ -214,45 +227,41 @@ impl Pins {
         let r = self.resolve(tags, image).await;
         let owner = image.to_string();
         let pinned = self.store.pin(&owner, r.objects.clone());
-        let state = match &pinned {
-            Ok(_) if r.complete() => State::Complete,
-            Ok(_) => State::Incomplete,
-            Err(_) => State::NotPinned,
-        };
-        self.set_state(Some((&owner, state)), &self.wanted());
-        match pinned {
-            Ok(_) => {
-                self.lock_problems()
-                    .retain(|k, v| k != &owner || v.starts_with("prefetch failed"));
-                Ok(r.complete())
-            }
-            Err(e) => {
-                self.store.unpin(&owner);
-                self.lock_problems().insert(owner, e.to_string());
-                Err(e)
-            }
+        if pinned.is_err() {
+            self.store.unpin(&owner);
         }
+        self.update(Some(&owner), |s| {
+            s.refused = pinned.as_ref().err().map(ToString::to_string);
+            s.state = Some(match &pinned {
+                Ok(_) if r.complete() => State::Complete,
+                Ok(_) => State::Incomplete,
+                Err(_) => State::NotPinned,
+            });
+        });
+        pinned.map(|_| r.complete())
     }
 
     /// Every configured pinned image, as found on disk now (which also
     /// brings `tender_pinned_images` up to date).
     pub async fn report(&self, tags: &Tags) -> PinnedReport {
-        let pinned = self.prefetch().map(|p| p.pinned).unwrap_or_default();
-        let pinned_names: Vec<String> = pinned.iter().map(ToString::to_string).collect();
+        let configured = self.prefetch().map(|p| p.pinned).unwrap_or_default();
         let owners = self.store.pin_owners();
-        let mut images = Vec::with_capacity(pinned.len());
-        for image in &pinned {
+        let mut images = Vec::with_capacity(configured.len());
+        for image in &configured {
             let r = self.resolve(tags, image).await;
             let name = image.to_string();
             let mut missing = r.missing.clone();
             missing.truncate(MISSING_LISTED);
             let pinned = owners.contains(&name);
-            let state = match (pinned, r.complete()) {
-                (false, _) => State::NotPinned,
-                (true, true) => State::Complete,
-                (true, false) => State::Incomplete,
-            };
-            self.set_state(Some((&name, state)), &pinned_names);
+            let mut problem = None;
+            self.update(Some(&name), |s| {
+                s.state = Some(match (pinned, r.complete()) {
+                    (false, _) => State::NotPinned,
+                    (true, true) => State::Complete,
+                    (true, false) => State::Incomplete,
+                });
+                problem = s.problem();
+            });
             images.push(PinnedImage {
                 pinned,
                 complete: r.complete(),
@@ -260,7 +269,7 @@ impl Pins {
                 objects_stored: r.stored,
                 objects: r.objects.len(),
                 missing,
-                problem: self.lock_problems().get(&name).cloned(),
+                problem,
                 image: name,
             });
         }
@@ -274,12 +283,7 @@ impl Pins {
     /// What `image` names, from disk: tag record → manifest → the node
     /// platform's manifest (from an index) → config and layers.
     async fn resolve(&self, tags: &Tags, image: &ImageRef) -> Resolved {
-        let mut r = Resolved {
-            objects: Vec::new(),
-            stored: 0,
-            missing: Vec::new(),
-            whole: false,
-        };
+        let mut r = Resolved::default();
         let top = match image.reference.parse::<Digest>() {
             Ok(d) => d,
             Err(_) => {
@@ -296,10 +300,8 @@ impl Pins {
         let platform = crate::oci::node_platform();
         let walk = tokio::task::spawn_blocking(move || manifests_on_disk(&store, top, platform, r));
         walk.await.unwrap_or_else(|e| Resolved {
-            objects: Vec::new(),
-            stored: 0,
             missing: vec![format!("internal error: {e}")],
-            whole: false,
+            ..Resolved::default()
         })
     }
 }

@@ -100,21 +100,17 @@ pub async fn keep_warm(base: String, cache: Arc<Cache>) {
         let pinned = p.pinned.iter().map(|i| (i, true));
         for (image, pinned) in pinned.chain(p.images.iter().map(|i| (i, false))) {
             let started = std::time::Instant::now();
-            match crate::prefetch::prefetch(&client, &base, image, platform, &mut |_| {}).await {
+            let fetched =
+                crate::prefetch::prefetch(&client, &base, image, platform, &mut |_| {}).await;
+            match &fetched {
                 Ok(bytes) => {
-                    tracing::info!(image = %image, bytes, ms = started.elapsed().as_millis() as u64, "prefetched");
-                    if pinned {
-                        cache.pins().note_fetch(image, None);
-                    }
+                    tracing::info!(image = %image, bytes, ms = started.elapsed().as_millis() as u64, "prefetched")
                 }
-                Err(e) => {
-                    tracing::warn!(image = %image, error = %e, "prefetch failed");
-                    if pinned {
-                        cache.pins().note_fetch(image, Some(e.to_string()));
-                    }
-                }
+                Err(e) => tracing::warn!(image = %image, error = %e, "prefetch failed"),
             }
             if pinned {
+                let failed = fetched.err().map(|e| e.to_string());
+                cache.pins().note_fetch(image, failed);
                 pin(&cache, image).await;
             }
         }

@@ -36,6 +36,9 @@ pub struct Index {
     pins: HashMap<Key, (u32, u64)>,
     /// What each pin (an image) holds.
     owners: HashMap<String, Vec<Key>>,
+    /// Disk taken by pinned objects that are indexed (kept as they change,
+    /// like `objects`: every commit publishes it).
+    pinned: u64,
 }
 
 pub const LIVE_SEQ_BASE: u64 = 1 << 40;
@@ -54,6 +57,7 @@ impl Default for Index {
             removed_during_scan: None,
             pins: HashMap::new(),
             owners: HashMap::new(),
+            pinned: 0,
         }
     }
 }
@@ -67,11 +71,17 @@ impl Index {
     }
 
     fn insert(&mut self, key: Key, size: u64, seq: u64) {
+        let pinned = self.pins.contains_key(&key);
         if let Some(old) = self.entries.insert(key, Entry { size, seq }) {
             self.order.remove(&old.seq);
             self.objects -= old.size;
+            if pinned {
+                self.pinned -= old.size;
+            }
         }
-        if !self.pins.contains_key(&key) {
+        if pinned {
+            self.pinned += size;
+        } else {
             self.order.insert(seq, key);
         }
         self.objects += size;
@@ -102,6 +112,9 @@ impl Index {
         let e = self.entries.remove(key)?;
         self.order.remove(&e.seq);
         self.objects -= e.size;
+        if self.pins.contains_key(key) {
+            self.pinned -= e.size;
+        }
         self.dirty.remove(key);
         Some(e.size)
     }
@@ -147,6 +160,7 @@ impl Index {
             if pin.0 == 1 {
                 if let Some(e) = self.entries.get(&k) {
                     self.order.remove(&e.seq);
+                    self.pinned += e.size;
                 }
             }
             mine.push(k);
@@ -167,6 +181,7 @@ impl Index {
                 self.pins.remove(&k);
                 if let Some(e) = self.entries.get(&k) {
                     self.order.insert(e.seq, k);
+                    self.pinned -= e.size;
                 }
             }
         }
@@ -174,10 +189,7 @@ impl Index {
 
     /// Disk taken by pinned objects that are indexed.
     pub fn pinned_bytes(&self) -> u64 {
-        self.pins
-            .keys()
-            .filter_map(|k| self.entries.get(k).map(|e| e.size))
-            .sum()
+        self.pinned
     }
 
     /// The owners holding pins.
@@ -278,6 +290,47 @@ mod tests {
         idx.touch(k(0));
         assert_eq!(idx.evict_to(250), vec![k(1), k(2)]);
         assert_eq!(idx.used(), 200);
+    }
+
+    /// `pinned_bytes` as counted from scratch.
+    fn pinned_recount(idx: &Index) -> u64 {
+        idx.pins
+            .keys()
+            .filter_map(|k| idx.entries.get(k).map(|e| e.size))
+            .sum()
+    }
+
+    #[test]
+    fn the_pinned_total_follows_every_change() {
+        let mut idx = Index::default();
+        fn check(idx: &mut Index, f: &dyn Fn(&mut Index)) {
+            f(idx);
+            assert_eq!(idx.pinned_bytes(), pinned_recount(idx));
+        }
+        check(&mut idx, &|i| {
+            (0..4).for_each(|n| i.insert_newest(k(n), 100))
+        });
+        check(&mut idx, &|i| {
+            i.pin("a", vec![(k(0), 100), (k(1), 100), (k(8), 10)], 1000)
+                .unwrap();
+        });
+        check(&mut idx, &|i| {
+            i.pin("b", vec![(k(1), 100), (k(2), 100)], 1000).unwrap();
+        });
+        check(&mut idx, &|i| i.insert_newest(k(8), 70)); // a pinned key arrives
+        check(&mut idx, &|i| i.insert_newest(k(1), 300)); // replaced, other size
+        check(&mut idx, &|i| {
+            i.remove(&k(0));
+        });
+        check(&mut idx, &|i| {
+            i.evict_to(0);
+        });
+        check(&mut idx, &|i| i.unpin("a"));
+        check(&mut idx, &|i| {
+            i.pin("b", vec![(k(3), 100)], 1000).unwrap();
+        });
+        check(&mut idx, &|i| i.unpin("b"));
+        assert_eq!(idx.pinned_bytes(), 0);
     }
 
     #[test]

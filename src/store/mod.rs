@@ -227,11 +227,6 @@ impl Store {
         self.lock().pinned_bytes()
     }
 
-    /// Whether an object is stored (on disk, whatever the index says).
-    pub fn has(&self, kind: Kind, d: &Digest) -> bool {
-        self.path(kind, d).is_file()
-    }
-
     /// Sets the free-space watermark that fills must leave on the file system.
     pub fn with_min_free(mut self, min_free: FreeSpace) -> Store {
         self.space = space::Space::new(min_free);

@@ -59,42 +59,26 @@ pub fn gather(
 /// `None` from a tender without that endpoint (404).
 fn pinned(mirror: &str, timeout: Duration) -> Option<Result<PinnedReport, String>> {
     let url = format!("{}/pinned", mirror.trim_end_matches('/'));
-    let get = move || -> Option<Result<PinnedReport, String>> {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => return Some(Err(format!("cannot start the request: {e}"))),
-        };
-        runtime.block_on(async {
-            let client = crate::prefetch::local_client(&url)
-                .map_err(|e| format!("cannot start the request: {e}"));
-            let resp = match client {
-                Ok(c) => c.get(&url).timeout(timeout).send().await,
-                Err(e) => return Some(Err(e)),
-            };
-            let resp = match resp {
-                Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return None,
-                Ok(r) if !r.status().is_success() => {
-                    return Some(Err(format!("GET {url} answered {}", r.status())))
-                }
-                Ok(r) => r,
-                Err(e) => return Some(Err(describe_request_error(&e, timeout))),
-            };
-            let body = match resp.bytes().await {
-                Ok(b) => b,
-                Err(e) => return Some(Err(describe_request_error(&e, timeout))),
-            };
-            Some(
-                serde_json::from_slice::<PinnedReport>(&body)
-                    .map_err(|e| format!("GET {url}: unreadable answer: {e}")),
-            )
-        })
-    };
-    std::thread::spawn(get)
-        .join()
-        .unwrap_or_else(|_| Some(Err("the request thread panicked".to_string())))
+    request_apart("request", timeout, move |client| async move {
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| describe_request_error(&e, timeout))?;
+        match resp.status() {
+            reqwest::StatusCode::NOT_FOUND => return Ok(None),
+            s if !s.is_success() => return Err(format!("GET {url} answered {s}")),
+            _ => {}
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| describe_request_error(&e, timeout))?;
+        serde_json::from_slice::<PinnedReport>(&body)
+            .map(Some)
+            .map_err(|e| format!("GET {url}: unreadable answer: {e}"))
+    })
+    .transpose()
 }
 
 /// `GET <mirror>/v2/`: 200 with `Docker-Distribution-Api-Version:
@@ -106,11 +90,45 @@ pub fn probe_tender(mirror: &str, timeout: Duration) -> Result<(), String> {
         _ => return Err(format!("{mirror:?} is not an http:// or https:// URL")),
     }
     let url = format!("{}/v2/", mirror.trim_end_matches('/'));
-    let probe = move || -> Result<(), String> {
+    request_apart("probe", timeout, move |client| async move {
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| describe_request_error(&e, timeout))?;
+        let status = resp.status();
+        let api = resp
+            .headers()
+            .get("docker-distribution-api-version")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_string());
+        match (status.as_u16(), api.as_deref()) {
+            (200, Some("registry/2.0")) => Ok(()),
+            (200, Some(other)) => Err(format!(
+                "GET {url} answered 200 with Docker-Distribution-Api-Version {other:?}, not \"registry/2.0\""
+            )),
+            (200, None) => Err(format!(
+                "GET {url} answered 200 without Docker-Distribution-Api-Version: not a registry"
+            )),
+            _ => Err(format!("GET {url} answered {status}")),
+        }
+    })
+}
+
+/// Runs `work` on a thread and runtime of its own (so that async callers may
+/// use it too), with a client that uses no proxy, follows no redirect and
+/// gives up after `timeout`. `what` names it in errors.
+fn request_apart<T, F, Fut>(what: &'static str, timeout: Duration, work: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce(reqwest::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let run = move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the probe: {e}"))?;
+            .map_err(|e| format!("cannot start the {what}: {e}"))?;
         runtime.block_on(async {
             let client = reqwest::Client::builder()
                 .no_proxy()
@@ -118,33 +136,13 @@ pub fn probe_tender(mirror: &str, timeout: Duration) -> Result<(), String> {
                 .timeout(timeout)
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
-                .map_err(|e| format!("cannot start the probe: {e}"))?;
-            let resp = client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| describe_request_error(&e, timeout))?;
-            let status = resp.status();
-            let api = resp
-                .headers()
-                .get("docker-distribution-api-version")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.trim().to_string());
-            match (status.as_u16(), api.as_deref()) {
-                (200, Some("registry/2.0")) => Ok(()),
-                (200, Some(other)) => Err(format!(
-                    "GET {url} answered 200 with Docker-Distribution-Api-Version {other:?}, not \"registry/2.0\""
-                )),
-                (200, None) => Err(format!(
-                    "GET {url} answered 200 without Docker-Distribution-Api-Version: not a registry"
-                )),
-                _ => Err(format!("GET {url} answered {status}")),
-            }
+                .map_err(|e| format!("cannot start the {what}: {e}"))?;
+            work(client).await
         })
     };
-    std::thread::spawn(probe)
+    std::thread::spawn(run)
         .join()
-        .unwrap_or_else(|_| Err("the probe thread panicked".to_string()))
+        .unwrap_or_else(|_| Err(format!("the {what} thread panicked")))
 }
 
 pub(super) fn describe_request_error(e: &reqwest::Error, timeout: Duration) -> String {
